@@ -1,0 +1,361 @@
+"""The loop every daemon runs, and the piper that turns input messages into output.
+
+A daemon subclasses `Piper` and implements `process(message)`; the base owns
+claiming, backpressure, wake-ups, signals, errors and group commit. Sources
+(no input queue) subclass `Daemon` and implement `loop(now)`.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import orjson
+
+from queues import BadMessage, Batch, Claim, Queue, Reason
+from queues.names import child_name
+
+from . import logs
+from .waker import Waker
+
+UNCHANGED = object()  # process() result: forward the input bytes as they are
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+
+
+class Output(NamedTuple):
+    """A message for a queue other than the daemon's --queue-out-dir."""
+
+    queue: Queue
+    message: Any
+
+
+@dataclass
+class Options:
+    queue_in_dir: str | None = None
+    queue_out_dir: str | None = None
+    queue_out_limit: int = 10_000
+    queue_out_wait: float = 10.0
+    queue_in_wait: float = 10.0
+    durability: str = "none"
+    max_attempts: int = 5
+    batch_size: int = 100
+    once: bool = False
+    group_access: bool = False
+    max_message_bytes: int = 16 * 1024 * 1024
+    tmp_max_age: float = 36 * 3600.0
+
+    def queue(self, path: str) -> Queue:
+        return Queue(
+            path,
+            durability=self.durability,
+            group_access=self.group_access,
+            max_message_bytes=self.max_message_bytes,
+        )
+
+
+class Gate:
+    """Backpressure on an output queue without listing it per message.
+
+    The count is taken at most every `recount` seconds; in between, our own
+    writes are added to it (consumers only lower the real figure), so the
+    estimate never undershoots what this process put there.
+    """
+
+    def __init__(self, queue: Queue, limit: int, recount: float = 1.0):
+        self.queue, self.limit, self.recount = queue, limit, recount
+        self.known = 0
+        self._next = 0.0
+
+    def room(self, now: float) -> int:
+        """How many more messages fit before the limit (a large number if no limit)."""
+        if self.limit <= 0:
+            return 1 << 30
+        if self.known >= self.limit or now >= self._next:
+            self.known = self.queue.count()
+            self._next = now + self.recount
+        return max(0, self.limit - self.known)
+
+    def added(self, n: int) -> None:
+        self.known += n
+
+
+class Daemon:
+    """Signals, wake-ups, the loop, --once and state for `status`."""
+
+    name = "daemon"
+
+    def __init__(self, options: Options, clock: Callable[[], float] = time.time):
+        self.options = options
+        self.clock = clock
+        self.log = logging.getLogger(f"pipers.{self.name}")
+        self.waker = Waker()
+        self.stopping = False
+        self.drained = False
+        self._reopen_logs = False
+        self._state: tuple | None = None
+        self.queue_out = options.queue(options.queue_out_dir) if options.queue_out_dir else None
+        self.gate = Gate(self.queue_out, options.queue_out_limit) if self.queue_out else None
+
+    # -- what subclasses fill in ------------------------------------------------------------
+
+    def initialize(self) -> None:
+        """After detaching, before the first loop: open files, start threads."""
+
+    def loop(self, now: float) -> float:
+        """Do one unit of work; return seconds to sleep (0: call again at once)."""
+        raise NotImplementedError
+
+    def shutdown(self) -> None:
+        """Last words: close what initialize() opened."""
+
+    @property
+    def state_queue(self) -> Queue | None:
+        return self.queue_out
+
+    # -- running ------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        self._install_signals()
+        self.initialize()
+        self.set_state("running")
+        try:
+            while not self.stopping:
+                wait = self.loop(self.clock())
+                if self.options.once and self.drained:
+                    break
+                if wait > 0 and not self.stopping:
+                    self.waker.wait(wait)
+                if self._reopen_logs:
+                    self._reopen_logs = False
+                    logs.reopen()
+                    self.log.info("log files reopened")
+        finally:
+            self.shutdown()
+            if self.state_queue is not None:
+                self.state_queue.clear_state(self.name)
+            self.waker.close()
+        self.log.info("stopped")
+        return 0
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.waker.wake()
+
+    def _install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
+
+    def _on_stop(self, signum, frame) -> None:
+        if self.stopping:  # second TERM/INT: stop now; pending/ is recovered on restart
+            os._exit(128 + signum)
+        self.stop()
+
+    def _on_hup(self, signum, frame) -> None:
+        self._reopen_logs = True
+        self.waker.wake()
+
+    def set_state(self, state: str, why: str = "", **extra: Any) -> None:
+        """Record a change of state (for `pipers status`) and log it once."""
+        key = (state, why)
+        if key == self._state:
+            return
+        self._state = key
+        if why:
+            self.log.info("%s: %s", state, why)
+        if self.state_queue is not None:
+            try:
+                self.state_queue.write_state(self.name, {"state": state, "why": why, **extra})
+            except OSError as e:
+                self.log.warning("cannot record state: %s", e)
+
+    # -- writing output --------------------------------------------------------------------------
+
+    def room(self, now: float) -> int:
+        """Backpressure: how many messages the output queue takes now (0 = wait)."""
+        if self.gate is None:
+            return 1 << 30
+        room = self.gate.room(now)
+        if room == 0:
+            self.set_state(
+                "waiting", f"{self.queue_out.path} holds {self.gate.known} messages "
+                f"(limit {self.gate.limit})"
+            )
+        return room
+
+    def emit(self, messages: list[Any]) -> list[str]:
+        """Sources: enqueue new messages into --queue-out-dir as one group commit."""
+        with self.queue_out.batch() as b:
+            names = [b.add(orjson.dumps(m)) for m in messages]
+        self.gate.added(len(names))
+        return names
+
+
+class Piper(Daemon):
+    """A daemon with an input queue: claim, process, forward, finish."""
+
+    name = "piper"
+
+    def __init__(self, options: Options, clock: Callable[[], float] = time.time):
+        super().__init__(options, clock)
+        if not options.queue_in_dir:
+            raise ValueError("--queue-in-dir is required")
+        self.queue_in = options.queue(options.queue_in_dir)
+        self._next_maintenance = 0.0
+        self.processed = 0
+
+    @property
+    def state_queue(self) -> Queue:
+        return self.queue_in
+
+    # -- what subclasses fill in ----------------------------------------------------------------
+
+    def process(self, message: Any) -> Any:
+        """Return UNCHANGED, None (drop), a message, an Output, or a list of them."""
+        return UNCHANGED
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def initialize(self) -> None:
+        if self.queue_out is not None and self.queue_out.dev != self.queue_in.dev:
+            self.log.warning(
+                "%s and %s are on different filesystems: messages are copied "
+                "(write, sync, rename), never exposed half-written",
+                self.queue_in.path, self.queue_out.path,
+            )
+        self.maintain(self.clock())
+        if not self.options.once:
+            self.waker.watch(self.queue_in.incoming)
+        self.log.info("started on %s", self.queue_in.path)
+
+    def maintain(self, now: float) -> None:
+        """Periodic: recover dead owners' claims, sweep tmp/, list afresh."""
+        returned, poisoned = self.queue_in.recover(self.options.max_attempts, self.name)
+        if returned or poisoned:
+            self.log.warning(
+                "recovered %d messages of dead workers from pending/ (%d gave up as poison)",
+                returned, poisoned,
+            )
+        self.queue_in.sweep_tmp(self.options.tmp_max_age, now)
+        self.queue_in.forget()
+        self._next_maintenance = now + self.options.queue_in_wait
+
+    def loop(self, now: float) -> float:
+        if now >= self._next_maintenance:
+            self.maintain(now)
+        limit = min(self.options.batch_size, self.room(now))
+        if limit == 0:
+            return self.options.queue_out_wait
+        claims = self.queue_in.claim(limit)
+        if not claims:
+            self.drained = True
+            self.set_state("idle")
+            return max(0.0, min(self.options.queue_in_wait, self._next_maintenance - now))
+        self.drained = False
+        self.set_state("running")
+        return self.handle(claims)
+
+    def handle(self, claims: list[Claim]) -> float:
+        """Process a batch of claims; returns seconds to wait before the next."""
+        batches: dict[str, Batch] = {}
+        finished: list[Claim] = []
+        in_hand = 0
+        try:
+            for claim in claims:
+                if self.stopping and in_hand:
+                    break
+                in_hand += 1
+                if self._one(claim, batches):
+                    finished.append(claim)
+            committed = 0
+            for batch in batches.values():
+                committed += len(batch)
+                batch.commit()
+        except OSError as e:
+            if e.errno not in _FULL_ERRNOS:
+                raise
+            for batch in batches.values():
+                batch.abort()
+            self._release([c for c in claims if os.path.lexists(c.path)])
+            self.set_state("waiting", f"cannot write output: {e.strerror} ({e.filename})")
+            return self.options.queue_out_wait
+        if self.gate is not None:
+            self.gate.added(committed)
+        for claim in finished:
+            try:
+                self.queue_in.done(claim)
+            except FileNotFoundError:
+                pass  # moved (zero copy) into the next queue
+        self._release(claims[in_hand:])
+        self.processed += in_hand
+        return 0.0
+
+    def _release(self, claims: list[Claim]) -> None:
+        for claim in claims:
+            try:
+                self.queue_in.release(claim)
+            except FileNotFoundError:
+                pass
+
+    def _one(self, claim: Claim, batches: dict[str, Batch]) -> bool:
+        """Process one claim; True if it is finished once the batches commit."""
+        try:
+            data = self.queue_in.read(claim)
+            try:
+                message = orjson.loads(data)
+            except orjson.JSONDecodeError as e:
+                raise BadMessage(Reason.INVALID_JSON, f"invalid JSON: {e}") from None
+        except BadMessage as e:
+            self.fail(claim, e.reason, str(e))
+            return False
+        try:
+            outputs = self._outputs(self.process(message), data)
+        except Exception as e:  # user code: the message fails, the daemon goes on
+            self.fail(claim, Reason.EXCEPTION, f"{type(e).__name__}: {e}",
+                      tb=traceback.format_exc())
+            return False
+        if len(outputs) == 1 and outputs[0][1] is None:
+            queue = outputs[0][0]
+            batch = batches.get(queue.path) or batches.setdefault(queue.path, queue.batch())
+            batch.add_move(claim.path, claim.id, self.queue_in.dev)
+            return True
+        for i, (queue, data) in enumerate(outputs):
+            batch = batches.get(queue.path) or batches.setdefault(queue.path, queue.batch())
+            batch.add(data, claim.id if len(outputs) == 1 else child_name(claim.id, i))
+        return True
+
+    def _outputs(self, result: Any, raw: bytes) -> list[tuple[Queue, bytes | None]]:
+        """Serialise a process() result: [(queue, bytes, or None for 'move as is')]."""
+        if result is None:
+            return []
+        items = result if isinstance(result, list) else [result]
+        out: list[tuple[Queue, bytes | None]] = []
+        for item in items:
+            queue = self.queue_out
+            if isinstance(item, Output):
+                queue, item = item
+            if queue is None:
+                continue  # a sink: nothing goes further
+            if item is UNCHANGED:
+                out.append((queue, None if len(items) == 1 else raw))
+            else:
+                out.append((queue, orjson.dumps(item)))
+        return out
+
+    def fail(self, claim: Claim, reason: Reason | str, message: str, *,
+             tb: str | None = None, detail: Any = None) -> None:
+        self.log.error("%s -> errors/: %s", claim.name, message)
+        try:
+            self.queue_in.fail(claim, reason, message, daemon=self.name, traceback=tb,
+                               detail=detail)
+        except OSError as e:
+            if e.errno not in _FULL_ERRNOS:
+                raise
+            self.queue_in.release(claim)  # no room even for the reason: keep it for later

@@ -1,0 +1,1 @@
+"""Operator commands: put, status, replay."""

@@ -1,0 +1,78 @@
+"""`pipers put`: JSON or NDJSON from stdin or files into a queue, all or nothing."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import orjson
+
+from queues import Queue
+
+
+class InvalidInput(Exception):
+    pass
+
+
+def parse(data: bytes, source: str) -> list[bytes]:
+    """Messages in `data`: one JSON object, or one object per line (NDJSON).
+
+    Returns each message's own bytes; raises InvalidInput naming every bad line.
+    """
+    try:
+        whole = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        whole = None
+    else:
+        if isinstance(whole, dict):
+            return [data.strip()]
+    out, problems = [], []
+    for number, line in enumerate(data.split(b"\n"), 1):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            value = orjson.loads(line)
+        except orjson.JSONDecodeError as e:
+            problems.append(f"{source}:{number}: invalid JSON: {e}")
+            continue
+        if not isinstance(value, dict):
+            problems.append(f"{source}:{number}: not a JSON object ({type(value).__name__})")
+            continue
+        out.append(line)
+    if problems:
+        more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
+        raise InvalidInput("\n".join(problems[:10]) + more)
+    return out
+
+
+@click.command("put")
+@click.option("--queue-out-dir", required=True, type=click.Path(file_okay=False),
+              help="The queue to put the messages into (created if missing).")
+@click.option("--durability", type=click.Choice(["none", "fsync"]), default="fsync",
+              show_default=True)
+@click.option("--group-access", is_flag=True)
+@click.argument("files", nargs=-1, type=click.Path(dir_okay=False, allow_dash=True))
+def command(queue_out_dir, durability, group_access, files):
+    """Enqueue JSON messages from FILES (or stdin): nothing is enqueued if any is invalid."""
+    messages: list[bytes] = []
+    try:
+        for path in files or ("-",):
+            if path == "-":
+                data, source = sys.stdin.buffer.read(), "<stdin>"
+            else:
+                with open(path, "rb") as f:
+                    data, source = f.read(), path
+            messages += parse(data, source)
+    except InvalidInput as e:
+        click.echo(f"pipers put: nothing enqueued:\n{e}", err=True)
+        raise SystemExit(1) from None
+    except OSError as e:
+        raise click.UsageError(f"cannot read {e.filename}: {e.strerror}") from None
+    queue = Queue(queue_out_dir, durability=durability, group_access=group_access)
+    try:
+        queue.put_many(messages)
+    except OSError as e:
+        click.echo(f"pipers put: nothing enqueued: {e.strerror} ({e.filename})", err=True)
+        raise SystemExit(1) from None
+    click.echo(f"enqueued {len(messages)} messages into {queue.incoming}", err=True)

@@ -1,0 +1,1 @@
+"""Daemons that take messages from one queue and pass them to the next."""

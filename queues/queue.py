@@ -1,0 +1,527 @@
+"""One queue directory and every state change of its messages.
+
+Only this module builds paths inside a queue; daemons and commands call it.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import itertools
+import os
+import stat
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import orjson
+
+from . import names
+from .owner import Owner, host_name, me
+from .states import (
+    DIRS,
+    INCOMING,
+    OWNER_SEP,
+    RUN,
+    SIDECAR_SUFFIX,
+    Durability,
+    Reason,
+)
+from .sync import fsync_dir, syncfs
+
+SCAN_CHUNK = 10_000  # names listed (and sorted) per refill: bounds memory on huge backlogs
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+STALE_TMP_SECONDS = 36 * 3600  # Maildir's rule for abandoned files in tmp/
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_tmp_counter = itertools.count()
+
+
+class BadMessage(Exception):
+    """A message that can never be processed as it is (goes to errors/)."""
+
+    def __init__(self, reason: Reason, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class Claim:
+    """A message this process owns: it sits in pending/ under its owner tag."""
+
+    name: str  # the name it had in incoming/ (id plus attempt count)
+    path: str  # where it is now
+    regular: bool = True  # what the directory listing said about its type
+
+    @property
+    def id(self) -> str:
+        return names.split_attempts(self.name)[0]
+
+    @property
+    def attempts(self) -> int:
+        return names.split_attempts(self.name)[1]
+
+
+class Queue:
+    """A filer queue: incoming/, pending/, tmp/ and errors/ under one directory."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        durability: Durability | str = Durability.NONE,
+        group_access: bool = False,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        create: bool = True,
+    ):
+        self.path = os.path.abspath(os.fspath(path))
+        self.durability = Durability(durability)
+        self.dir_mode = 0o770 if group_access else 0o700
+        self.file_mode = 0o660 if group_access else 0o600
+        self.max_message_bytes = max_message_bytes
+        self.incoming, self.pending, self.tmp, self.errors = (
+            os.path.join(self.path, d) for d in DIRS
+        )
+        if create:
+            self.create()
+        elif not os.path.isdir(self.incoming):
+            raise FileNotFoundError(errno.ENOENT, "not a queue directory", self.path)
+        self.dev = os.stat(self.incoming).st_dev
+        self._candidates: collections.deque[tuple[str, bool]] = collections.deque()
+
+    def __repr__(self) -> str:
+        return f"Queue({self.path!r})"
+
+    @property
+    def fsync(self) -> bool:
+        return self.durability is Durability.FSYNC
+
+    def create(self) -> None:
+        """Make the queue's directories with this queue's mode (first use)."""
+        for d in (self.path, self.incoming, self.pending, self.tmp, self.errors):
+            try:
+                os.mkdir(d, self.dir_mode)
+                os.chmod(d, self.dir_mode)  # not reduced by the umask
+            except FileExistsError:
+                if not os.path.isdir(d):
+                    raise NotADirectoryError(errno.ENOTDIR, "not a directory", d) from None
+
+    # -- writing -----------------------------------------------------------------------
+
+    def batch(self) -> Batch:
+        """A group of new messages made visible together (group commit)."""
+        return Batch(self)
+
+    def put(self, data: bytes, name: str | None = None) -> str:
+        """Enqueue one message; returns its name."""
+        with self.batch() as b:
+            name = b.add(data, name)
+        return name
+
+    def put_many(self, items: Iterable[bytes]) -> list[str]:
+        with self.batch() as b:
+            return [b.add(data) for data in items]
+
+    def _write_tmp(self, name: str, data: bytes) -> str:
+        path = os.path.join(self.tmp, f"{name}.{os.getpid()}_{next(_tmp_counter)}")
+        fd = os.open(
+            path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            self.file_mode,
+        )
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        except BaseException:
+            os.close(fd)
+            _unlink_quietly(path)
+            raise
+        os.close(fd)
+        return path
+
+    def _write_atomic(self, directory: str, name: str, data: bytes) -> None:
+        tmp = self._write_tmp(name, data)
+        if self.fsync:
+            fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.rename(tmp, os.path.join(directory, name))
+
+    # -- claiming ------------------------------------------------------------------------
+
+    def scan(self, limit: int = SCAN_CHUNK) -> list[tuple[str, bool]]:
+        """Up to `limit` names in incoming/, sorted, with 'is a regular file'."""
+        found = []
+        with os.scandir(self.incoming) as it:
+            for entry in it:
+                if entry.name[0] == ".":
+                    continue  # hidden: somebody's temporary file, not a message
+                found.append((entry.name, entry.is_file(follow_symlinks=False)))
+                if len(found) >= limit:
+                    break
+        found.sort()
+        return found
+
+    def forget(self) -> None:
+        """Drop the cached listing so the next claim sees incoming/ afresh."""
+        self._candidates.clear()
+
+    def claim(self, limit: int = 1) -> list[Claim]:
+        """Take up to `limit` messages from incoming/ into pending/ (atomic rename).
+
+        A message a sibling took first (ENOENT) is skipped; the caller owns
+        every returned claim until it finishes, fails or releases it.
+        """
+        claims: list[Claim] = []
+        refilled = False
+        tag = OWNER_SEP + me().tag
+        while len(claims) < limit:
+            if not self._candidates:
+                if refilled:
+                    break
+                self._candidates.extend(self.scan())
+                refilled = True
+                if not self._candidates:
+                    break
+            name, regular = self._candidates.popleft()
+            dst = os.path.join(self.pending, name + tag)
+            try:
+                os.rename(os.path.join(self.incoming, name), dst)
+            except FileNotFoundError:
+                continue  # a sibling won
+            except OSError as e:
+                if e.errno != errno.ENAMETOOLONG:
+                    raise
+                self._rename_long(name)
+                continue
+            claims.append(Claim(name, dst, regular))
+        return claims
+
+    def _rename_long(self, name: str) -> None:
+        """A name too long to carry an owner tag gets a fresh name (same bytes)."""
+        try:
+            os.rename(os.path.join(self.incoming, name), os.path.join(self.incoming, names.new_name()))
+        except FileNotFoundError:
+            pass
+
+    def read(self, claim: Claim) -> bytes:
+        """The message bytes; never follows a symlink nor blocks on a FIFO."""
+        if not claim.regular:
+            raise BadMessage(Reason.NOT_REGULAR, f"not a regular file ({_kind(claim.path)})")
+        try:
+            fd = os.open(claim.path, _OPEN_FLAGS)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise BadMessage(Reason.NOT_REGULAR, "symbolic link (never followed)") from None
+            raise
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise BadMessage(Reason.NOT_REGULAR, f"not a regular file ({_kind(claim.path)})")
+            if st.st_size > self.max_message_bytes:
+                raise BadMessage(
+                    Reason.TOO_LARGE,
+                    f"{st.st_size} bytes is over the limit of {self.max_message_bytes}",
+                )
+            data = os.read(fd, st.st_size)
+            while len(data) < st.st_size:
+                more = os.read(fd, st.st_size - len(data))
+                if not more:
+                    break
+                data += more
+            return data
+        finally:
+            os.close(fd)
+
+    # -- finishing -------------------------------------------------------------------------
+
+    def done(self, claim: Claim) -> None:
+        """The message is finished: remove it."""
+        os.unlink(claim.path)
+
+    def release(self, claim: Claim, *, count_attempt: bool = False) -> str:
+        """Put a claimed message back into incoming/ (optionally counting a try)."""
+        base, attempts = names.split_attempts(claim.name)
+        name = names.with_attempts(base, attempts + 1 if count_attempt else attempts)
+        os.rename(claim.path, os.path.join(self.incoming, name))
+        return name
+
+    def fail(
+        self,
+        claim: Claim,
+        reason: Reason | str,
+        message: str,
+        *,
+        daemon: str = "",
+        traceback: str | None = None,
+        detail: object = None,
+    ) -> None:
+        """Move a claimed message to errors/ with a sidecar that says why."""
+        now = time.time()
+        sidecar = {
+            "reason": str(getattr(reason, "value", reason)),
+            "message": message,
+            "daemon": daemon,
+            "attempts": claim.attempts + 1,
+            "time": datetime.fromtimestamp(now, UTC).isoformat(),
+            "unix_time": now,
+            "host": host_name(),
+            "pid": os.getpid(),
+            "id": claim.id,
+            "traceback": traceback,
+            "detail": detail,
+        }
+        data = orjson.dumps(sidecar, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+        self._write_atomic(self.errors, claim.name + SIDECAR_SUFFIX, data)
+        os.rename(claim.path, os.path.join(self.errors, claim.name))
+        if self.fsync:
+            fsync_dir(self.errors)
+
+    # -- crash recovery and hygiene -----------------------------------------------------
+
+    def recover(self, max_attempts: int = 0, daemon: str = "") -> tuple[int, int]:
+        """Return messages of dead owners on this host to incoming/.
+
+        Each return counts an attempt; at `max_attempts` (0 = no limit) the
+        message goes to errors/ as poison instead. Live owners - this process
+        and its siblings - keep theirs. Returns (returned, poisoned).
+        """
+        returned = poisoned = 0
+        with os.scandir(self.pending) as it:
+            entries = [e.name for e in it]
+        for pending_name in entries:
+            name, owner = names.split_owner(pending_name)
+            if owner is not None and owner.alive():
+                continue
+            base, attempts = names.split_attempts(name)
+            claim = Claim(names.with_attempts(base, attempts), os.path.join(self.pending, pending_name))
+            try:
+                if max_attempts and attempts + 1 >= max_attempts:
+                    self.fail(
+                        claim, Reason.POISON,
+                        f"its worker died {attempts + 1} times while holding it",
+                        daemon=daemon,
+                    )
+                    poisoned += 1
+                else:
+                    self.release(claim, count_attempt=True)
+                    returned += 1
+            except FileNotFoundError:
+                continue  # a sibling recovered it first
+        if returned:
+            self.forget()
+        return returned, poisoned
+
+    def sweep_tmp(self, max_age: float = STALE_TMP_SECONDS, now: float | None = None) -> int:
+        """Remove files abandoned in tmp/ longer than `max_age` seconds ago."""
+        now = time.time() if now is None else now
+        removed = 0
+        with os.scandir(self.tmp) as it:
+            for entry in it:
+                try:
+                    if now - entry.stat(follow_symlinks=False).st_mtime > max_age:
+                        os.unlink(entry.path)
+                        removed += 1
+                except (FileNotFoundError, IsADirectoryError, PermissionError):
+                    continue
+        return removed
+
+    # -- inspection ------------------------------------------------------------------------
+
+    def count(self, directory: str = INCOMING) -> int:
+        """Messages in one directory (a listing without stat calls)."""
+        path = os.path.join(self.path, directory)
+        n = 0
+        with os.scandir(path) as it:
+            for entry in it:
+                name = entry.name
+                if name[0] != "." and not name.endswith(SIDECAR_SUFFIX):
+                    n += 1
+        return n
+
+    def counts(self) -> dict[str, int]:
+        return {d: self.count(d) for d in DIRS}
+
+    def oldest_age(self, directory: str = INCOMING, now: float | None = None) -> float | None:
+        """Age in seconds of the oldest message in `directory` (by name, else mtime)."""
+        now = time.time() if now is None else now
+        oldest = None
+        with os.scandir(os.path.join(self.path, directory)) as it:
+            for entry in it:
+                if entry.name[0] == "." or entry.name.endswith(SIDECAR_SUFFIX):
+                    continue
+                t = names.name_time(entry.name)
+                if t is None:
+                    try:
+                        t = entry.stat(follow_symlinks=False).st_mtime
+                    except FileNotFoundError:
+                        continue
+                oldest = t if oldest is None else min(oldest, t)
+        return None if oldest is None else max(0.0, now - oldest)
+
+    def error_entries(self) -> Iterator[tuple[str, dict]]:
+        """(name, sidecar) for every message in errors/ (sidecar {} if missing)."""
+        with os.scandir(self.errors) as it:
+            listed = sorted(e.name for e in it)
+        present = set(listed)
+        for name in listed:
+            if name.endswith(SIDECAR_SUFFIX) or name[0] == ".":
+                continue
+            sidecar: dict = {}
+            if name + SIDECAR_SUFFIX in present:
+                try:
+                    with open(os.path.join(self.errors, name + SIDECAR_SUFFIX), "rb") as f:
+                        sidecar = orjson.loads(f.read())
+                except (OSError, orjson.JSONDecodeError):
+                    sidecar = {"reason": "unreadable-sidecar"}
+            yield name, sidecar
+
+    def replay(self, select: Callable[[str, dict], bool] = lambda n, s: True) -> list[str]:
+        """Move chosen messages from errors/ back to incoming/ with a fresh count."""
+        moved = []
+        for name, sidecar in list(self.error_entries()):
+            if not select(name, sidecar):
+                continue
+            base, _ = names.split_attempts(name)
+            try:
+                os.rename(os.path.join(self.errors, name), os.path.join(self.incoming, base))
+            except FileNotFoundError:
+                continue
+            _unlink_quietly(os.path.join(self.errors, name + SIDECAR_SUFFIX))
+            moved.append(base)
+        if moved and self.fsync:
+            fsync_dir(self.incoming)
+        return moved
+
+    # -- daemon state files (for `status`) ----------------------------------------------------
+
+    def write_state(self, daemon: str, state: dict) -> None:
+        """Record what this process is doing, for `pipers status`."""
+        run = os.path.join(self.path, RUN)
+        os.makedirs(run, self.dir_mode, exist_ok=True)
+        body = dict(state, daemon=daemon, pid=os.getpid(), updated=time.time())
+        self._write_atomic(run, f"{daemon}{OWNER_SEP}{me().tag}.json", orjson.dumps(body))
+
+    def clear_state(self, daemon: str) -> None:
+        _unlink_quietly(os.path.join(self.path, RUN, f"{daemon}{OWNER_SEP}{me().tag}.json"))
+
+    def states(self) -> list[dict]:
+        """States of live daemon instances; files of dead ones are removed."""
+        run = os.path.join(self.path, RUN)
+        found = []
+        try:
+            entries = sorted(os.listdir(run))
+        except FileNotFoundError:
+            return found
+        for entry in entries:
+            _, _, tag = entry[: -len(".json")].rpartition(OWNER_SEP)
+            owner = Owner.parse(tag)
+            if owner is None or not owner.alive():
+                _unlink_quietly(os.path.join(run, entry))
+                continue
+            try:
+                with open(os.path.join(run, entry), "rb") as f:
+                    found.append(orjson.loads(f.read()))
+            except (OSError, orjson.JSONDecodeError):
+                continue
+        return found
+
+
+class Batch:
+    """New messages staged in tmp/ and renamed into incoming/ together.
+
+    With ``--durability fsync`` the batch is a group commit: one ``syncfs``
+    makes every staged file durable before any becomes visible, and one
+    directory fsync makes the renames durable - two flushes per batch rather
+    than one per message. Used as a context manager it commits on success and
+    removes its staged files on error.
+    """
+
+    def __init__(self, queue: Queue):
+        self.queue = queue
+        self._staged: list[tuple[str, str]] = []  # (source path, final name)
+        self._written: list[str] = []  # our own tmp files (removed on abort)
+        self._copied_from: list[str] = []  # sources of cross-filesystem moves
+
+    def __len__(self) -> int:
+        return len(self._staged)
+
+    def __enter__(self) -> Batch:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+    def add(self, data: bytes, name: str | None = None) -> str:
+        """Stage a message's bytes; returns its name. Raises OSError (e.g. ENOSPC)."""
+        name = name or names.new_name()
+        path = self.queue._write_tmp(name, data)
+        self._written.append(path)
+        self._staged.append((path, name))
+        return name
+
+    def add_move(self, src: str, name: str, src_dev: int) -> str:
+        """Stage an existing file (e.g. a claimed message) to appear as `name`.
+
+        On the same filesystem the file itself is renamed in (no copy); across
+        filesystems it is copied into tmp/ first and the source removed after
+        the commit, so incoming/ never holds a partial file.
+        """
+        if src_dev == self.queue.dev:
+            self._staged.append((src, name))
+            return name
+        with open(src, "rb") as f:
+            data = f.read()
+        self._copied_from.append(src)
+        return self.add(data, name)
+
+    def commit(self) -> list[str]:
+        if not self._staged:
+            return []
+        q = self.queue
+        if q.fsync:
+            syncfs(q.tmp)
+        for src, name in self._staged:
+            os.rename(src, os.path.join(q.incoming, name))
+        if q.fsync:
+            fsync_dir(q.incoming)
+        for src in self._copied_from:
+            _unlink_quietly(src)
+        committed = [name for _, name in self._staged]
+        self._staged, self._written, self._copied_from = [], [], []
+        return committed
+
+    def abort(self) -> None:
+        for path in self._written:
+            _unlink_quietly(path)
+        self._staged, self._written, self._copied_from = [], [], []
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _kind(path: str) -> str:
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return "vanished"
+    for test, kind in (
+        (stat.S_ISLNK, "symbolic link"),
+        (stat.S_ISDIR, "directory"),
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+    ):
+        if test(mode):
+            return kind
+    return "regular file"
