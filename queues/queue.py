@@ -202,7 +202,9 @@ class Queue:
     def _rename_long(self, name: str) -> None:
         """A name too long to carry an owner tag gets a fresh name (same bytes)."""
         try:
-            os.rename(os.path.join(self.incoming, name), os.path.join(self.incoming, names.new_name()))
+            os.rename(
+                os.path.join(self.incoming, name), os.path.join(self.incoming, names.new_name())
+            )
         except FileNotFoundError:
             pass
 
@@ -296,7 +298,8 @@ class Queue:
             if owner is not None and owner.alive():
                 continue
             base, attempts = names.split_attempts(name)
-            claim = Claim(names.with_attempts(base, attempts), os.path.join(self.pending, pending_name))
+            path = os.path.join(self.pending, pending_name)
+            claim = Claim(names.with_attempts(base, attempts), path)
             try:
                 if max_attempts and attempts + 1 >= max_attempts:
                     self.fail(

@@ -16,14 +16,14 @@ ATTEMPTS_SEP = ","  # incoming/ID,3 = third try of message ID
 OWNER_SEP = "@"  # pending/NAME@host:pid:start = claimed by that process
 
 
-class Durability(str, enum.Enum):
+class Durability(enum.StrEnum):
     """How hard a write is pushed to stable storage before it counts."""
 
     NONE = "none"  # page cache only: survives kill -9, not power loss
     FSYNC = "fsync"  # data and directory entries on disk (group commit)
 
 
-class Outcome(str, enum.Enum):
+class Outcome(enum.StrEnum):
     """What became of one claimed message."""
 
     FORWARDED = "forwarded"  # written into the next queue
@@ -32,7 +32,7 @@ class Outcome(str, enum.Enum):
     FAILED = "failed"  # moved to errors/ with its reason
 
 
-class Reason(str, enum.Enum):
+class Reason(enum.StrEnum):
     """Why a message is in errors/ (the sidecar's `reason`)."""
 
     INVALID_JSON = "invalid-json"
