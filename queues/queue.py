@@ -78,6 +78,7 @@ class Queue:
         self.durability = Durability(durability)
         self.dir_mode = 0o770 if group_access else 0o700
         self.file_mode = 0o660 if group_access else 0o600
+        self._chmod_files = group_access
         self.max_message_bytes = max_message_bytes
         self.incoming, self.pending, self.tmp, self.errors = (
             os.path.join(self.path, d) for d in DIRS
@@ -129,6 +130,8 @@ class Queue:
             self.file_mode,
         )
         try:
+            if self._chmod_files:
+                os.fchmod(fd, self.file_mode)  # the umask must not take the group's bits
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
