@@ -1,7 +1,7 @@
 """Waking an idle daemon: a self-pipe written by signal handlers and inotify.
 
 The main loop sleeps in ``select`` on the pipe, so an idle daemon uses no CPU;
-a watchdog observer on ``incoming/`` writes a byte when a message arrives,
+a watchdog inotify watch on ``incoming/`` writes a byte when a message arrives,
 and the periodic rescan (``--queue-in-wait``) covers missed events.
 """
 
@@ -10,31 +10,34 @@ from __future__ import annotations
 import os
 import select
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
+from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent, InotifyFD
 
-_ARRIVALS = {"created", "moved", "closed"}
+# Only arrivals: a file renamed in (the filer protocol) or closed after writing
+# (a plain `cp`). Claims (moves out of incoming/) are filtered by the kernel, so
+# a busy daemon is not flooded with events about its own work.
+_ARRIVALS = InotifyConstants.IN_MOVED_TO | InotifyConstants.IN_CLOSE_WRITE
 
 
-class _Arrivals(FileSystemEventHandler):
-    def __init__(self, waker: Waker, directory: str):
+class _Arrivals:
+    """watchdog inotify callback: every event (and an overflow) just wakes the loop."""
+
+    def __init__(self, waker: Waker):
         self.waker = waker
-        self.directory = directory
 
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.event_type not in _ARRIVALS:
-            return
-        if event.event_type == "moved":
-            dest = os.fsdecode(event.dest_path)
-            if os.path.dirname(dest) != self.directory:
-                return  # moved out (a claim), not an arrival
+    def on_event(self, event: InotifyEvent) -> None:
         self.waker.wake()
+
+    def on_watch_deleted(self, wd) -> None:
+        self.waker.wake()
+
+    def on_queue_overflow(self) -> None:
+        self.waker.wake()  # events were lost: the loop rescans anyway
 
 
 class Waker:
     def __init__(self) -> None:
         self._r, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._observer: Observer | None = None
+        self._inotify: InotifyFD | None = None
 
     def wake(self) -> None:
         """Safe from signal handlers and other threads."""
@@ -56,20 +59,20 @@ class Waker:
 
     def watch(self, directory: str) -> None:
         """Wake when a file arrives in `directory` (inotify through watchdog)."""
-        if self._observer is None:
-            self._observer = Observer()
-            self._observer.daemon = True
-            self._observer.start()
-        self._observer.schedule(_Arrivals(self, directory), directory, recursive=False)
+        if self._inotify is None:
+            self._inotify = InotifyFD()
+            self._inotify.daemon = True
+            self._inotify.start()
+        self._inotify.add_callback(os.fsencode(directory), _ARRIVALS, _Arrivals(self), id(self))
 
     def fds(self) -> list[int]:
         return [self._r, self._w]
 
     def close(self) -> None:
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join(timeout=5)
-            self._observer = None
+        if self._inotify is not None:
+            self._inotify.stop()
+            self._inotify.join(timeout=5)
+            self._inotify = None
         for fd in (self._r, self._w):
             try:
                 os.close(fd)

@@ -1,0 +1,299 @@
+"""Daemons as real processes on real directories: started, signalled, killed -9."""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import time
+
+import orjson
+import pytest
+
+from queues import Queue
+from tests.helpers import files, wait_for
+
+
+def fill(q: Queue, n: int, **extra) -> list[str]:
+    return q.put_many([orjson.dumps({"i": i, **extra}) for i in range(n)])
+
+
+def test_kill_9_mid_stream_loses_nothing_and_restart_recovers_pending(tmp_path, daemons):
+    qin, qout = Queue(tmp_path / "in"), Queue(tmp_path / "out")
+    made = fill(qin, 5000)
+    args = ("enrich", "--queue-in-dir", qin.path, "--queue-out-dir", qout.path,
+            "--set", "hop=1", "--batch-size", "50", "--queue-in-wait", "0.5")
+    p = daemons.start(*args)
+    wait_for(lambda: len(files(qout.incoming)) >= 500, what="first outputs")
+    p.send_signal(signal.SIGKILL)
+    p.wait(10)
+    assert len(files(qout.incoming)) < 5000, "the kill came too late to prove anything"
+    stranded = files(qin.pending)
+    p2 = daemons.start(*args, "--once")
+    assert p2.wait(120) == 0
+    assert files(qin.pending) == [] and files(qin.incoming) == []
+    assert files(qin.errors) == []
+    out = files(qout.incoming)
+    assert sorted(out) == sorted(made)  # every message exactly once, under its own name
+    for name in out[:50] + out[-50:]:
+        body = orjson.loads(open(os.path.join(qout.incoming, name), "rb").read())
+        assert body["hop"] == 1
+    if stranded:  # what the dead worker held came back through recovery
+        assert "recovered" in daemons.log(p2)
+
+
+def test_four_instances_process_20000_messages_exactly_once(tmp_path, daemons):
+    qin, qout = Queue(tmp_path / "in"), Queue(tmp_path / "out")
+    fill(qin, 20_000)
+    log = tmp_path / "handled.log"
+    env = {"PIPERS_TEST_LOG": str(log)}
+    procs = [daemons.start("run", "--queue-in-dir", qin.path, "--queue-out-dir", qout.path,
+                           "--function", "tests.userfuncs:tag", "--queue-out-limit", "0",
+                           "--batch-size", "20", env=env) for _ in range(4)]
+    wait_for(lambda: len(files(qout.incoming)) == 20_000, timeout=300, interval=0.2,
+             what="20,000 outputs")
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    assert [p.wait(30) for p in procs] == [0, 0, 0, 0]
+    lines = log.read_text().splitlines()
+    handled = [line.split()[0] for line in lines]
+    assert len(handled) == 20_000, "some message was processed twice (or not at all)"
+    assert len(set(handled)) == 20_000
+    workers = {line.split()[1] for line in lines}
+    assert len(workers) >= 2, "the instances did not share the work"
+    assert files(qin.pending) == [] and files(qin.incoming) == []
+
+
+def test_exception_in_user_code_goes_to_errors_and_replay_delivers_it(tmp_path, daemons):
+    qin, qout = Queue(tmp_path / "in"), Queue(tmp_path / "out")
+    good = fill(qin, 20)
+    (bad,) = qin.put_many([b'{"i": 99, "bad": true}'])
+    more = fill(qin, 20)
+    p = daemons.start("run", "--queue-in-dir", qin.path, "--queue-out-dir", qout.path,
+                      "--function", "tests.userfuncs:explode", "--queue-in-wait", "0.2")
+    wait_for(lambda: len(files(qout.incoming)) == 40, what="good messages through")
+    assert files(qin.errors) == [bad]
+    side = orjson.loads(open(os.path.join(qin.errors, bad + ".error.json"), "rb").read())
+    assert side["reason"] == "exception"
+    assert "ZeroDivisionError" in side["message"]
+    assert "Traceback" in side["traceback"] and "explode" in side["traceback"]
+    assert side["daemon"] == "run"
+    assert p.poll() is None, "the daemon must keep going"
+    # Fix the message by hand, then replay it: the running daemon delivers it.
+    with open(os.path.join(qin.errors, bad), "wb") as f:
+        f.write(b'{"i": 99, "bad": false}')
+    r = daemons.run("replay", qin.path)
+    assert r.returncode == 0 and bad in r.stdout.decode()
+    wait_for(lambda: len(files(qout.incoming)) == 41, what="replayed message delivered")
+    assert sorted(files(qout.incoming)) == sorted(good + more + [bad])
+    assert files(qin.errors) == []
+
+
+def test_invalid_json_goes_to_errors_with_its_reason(tmp_path, daemons):
+    qin, qout = Queue(tmp_path / "in"), Queue(tmp_path / "out")
+    qin.put(b'{"ok": 1}', name="a-good")
+    qin.put(b'{"broken": ', name="b-broken")
+    qin.put(b"\xff\xfe not utf-8", name="c-binary")
+    qin.put(b"", name="d-empty")
+    p = daemons.start("pass", "--queue-in-dir", qin.path, "--queue-out-dir", qout.path,
+                      "--once")
+    assert p.wait(30) == 0
+    assert files(qout.incoming) == ["a-good"]
+    assert files(qin.errors) == ["b-broken", "c-binary", "d-empty"]
+    for name in files(qin.errors):
+        side = orjson.loads(open(os.path.join(qin.errors, name + ".error.json"), "rb").read())
+        assert side["reason"] == "invalid-json", name
+
+
+def test_backpressure_limit_holds_and_the_daemon_resumes(tmp_path, daemons):
+    qin, qout = Queue(tmp_path / "in"), Queue(tmp_path / "out")
+    fill(qin, 1000)
+    p = daemons.start("pass", "--queue-in-dir", qin.path, "--queue-out-dir", qout.path,
+                      "--queue-out-limit", "100", "--queue-out-wait", "0.3",
+                      "--batch-size", "7")
+    wait_for(lambda: len(files(qout.incoming)) >= 100, what="output filled to the limit")
+    peak = 0
+    for _ in range(20):  # the limit holds while nobody drains the next queue
+        peak = max(peak, len(files(qout.incoming)))
+        time.sleep(0.05)
+    assert peak == 100
+    r = daemons.run("status", "--json", qin.path)
+    state = orjson.loads(r.stdout)["daemons"][0]
+    assert state["state"] == "waiting" and "limit 100" in state["why"]
+    drained = 0  # a downstream consumer takes messages away; the daemon resumes by itself
+    while drained < 1000:
+        for c in qout.claim(50):
+            qout.done(c)
+            drained += 1
+        assert len(files(qout.incoming)) <= 100
+        if drained < 1000:
+            wait_for(lambda: files(qout.incoming) or not files(qin.incoming), timeout=30,
+                     what="the daemon to resume")
+    assert files(qin.incoming) == [] and files(qin.pending) == []
+    assert p.poll() is None
+
+
+def test_sigterm_finishes_the_message_in_hand_then_exits_0(tmp_path, daemons):
+    qin, qout = Queue(tmp_path / "in"), Queue(tmp_path / "out")
+    qin.put(b'{"i": 0, "slow": true}', name="0-slow")
+    rest = [qin.put(b'{"i": %d}' % i, name=f"{i}-rest") for i in range(1, 30)]
+    log = tmp_path / "slow.log"
+    p = daemons.start("run", "--queue-in-dir", qin.path, "--queue-out-dir", qout.path,
+                      "--function", "tests.userfuncs:slow", "--batch-size", "100",
+                      env={"PIPERS_TEST_LOG": str(log)})
+    wait_for(lambda: log.exists() and "started 0" in log.read_text(), what="slow message")
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(30) == 0
+    assert "finished 0" in log.read_text()
+    assert files(qout.incoming) == ["0-slow"]  # the message in hand was finished...
+    assert sorted(files(qin.incoming)) == sorted(rest)  # ...the rest handed back
+    assert files(qin.pending) == []
+
+
+def test_second_sigterm_stops_at_once(tmp_path, daemons):
+    qin, qout = Queue(tmp_path / "in"), Queue(tmp_path / "out")
+    qin.put(b'{"i": 0, "slow": true}', name="0-slow")
+    log = tmp_path / "slow.log"
+    p = daemons.start("run", "--queue-in-dir", qin.path, "--queue-out-dir", qout.path,
+                      "--function", "tests.userfuncs:slow", env={"PIPERS_TEST_LOG": str(log)})
+    wait_for(lambda: log.exists() and "started 0" in log.read_text(), what="slow message")
+    p.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(5) != 0
+    assert "finished 0" not in log.read_text()
+    assert len(files(qin.pending)) == 1  # recovered by the next start
+    p2 = daemons.start("run", "--queue-in-dir", qin.path, "--queue-out-dir", qout.path,
+                       "--function", "tests.userfuncs:slow", "--once",
+                       env={"PIPERS_TEST_LOG": str(log)})
+    assert p2.wait(30) == 0
+    assert files(qout.incoming) == ["0-slow"]
+
+
+def test_idle_daemon_wakes_on_arrival_without_polling(tmp_path, daemons):
+    qin, qout = Queue(tmp_path / "in"), Queue(tmp_path / "out")
+    p = daemons.start("pass", "--queue-in-dir", qin.path, "--queue-out-dir", qout.path,
+                      "--queue-in-wait", "60")
+    wait_for(lambda: "started on" in daemons.log(p), what="daemon start")
+    time.sleep(0.3)
+    latencies = []
+    for i in range(7):
+        t0 = time.monotonic()
+        name = qin.put(b'{"i": %d}' % i)
+        wait_for(lambda n=name: os.path.exists(os.path.join(qout.incoming, n)), timeout=10,
+                 interval=0.001, what="wake-up")
+        latencies.append(time.monotonic() - t0)
+        time.sleep(0.2)
+    # with a 60 s rescan interval only the inotify wake-up can explain these
+    assert max(latencies) < 5, latencies
+    assert statistics.median(latencies) < 0.1, latencies
+    cpu = _cpu_seconds(p.pid)
+    time.sleep(2)
+    assert _cpu_seconds(p.pid) - cpu < 0.05, "an idle daemon must not spin"
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_several_outputs_get_derived_names_and_a_sink_consumes(tmp_path, daemons):
+    qin, qout = Queue(tmp_path / "in"), Queue(tmp_path / "out")
+    qin.put(b'{"parts": 3}', name="m")
+    r = daemons.run("run", "--queue-in-dir", qin.path, "--queue-out-dir", qout.path,
+                    "--function", "tests.userfuncs:split", "--once")
+    assert r.returncode == 0, r.stderr
+    assert files(qout.incoming) == ["m.0", "m.1", "m.2"]
+    r = daemons.run("print", "--queue-in-dir", qout.path, "--once")
+    assert r.returncode == 0 and r.stderr.decode().count('"part"') == 3
+    assert qout.counts()["incoming"] == 0
+
+
+def test_filter_drops_or_routes(tmp_path, daemons):
+    qin, qout, other = (Queue(tmp_path / n) for n in ("in", "out", "other"))
+    qin.put(b'{"level": "error", "n": 1}', name="1")
+    qin.put(b'{"level": "info", "n": 2}', name="2")
+    qin.put(b'{"n": 3}', name="3")
+    r = daemons.run("filter", "--queue-in-dir", qin.path, "--queue-out-dir", qout.path,
+                    "--where", "level=error", "--route-to", other.path, "--once")
+    assert r.returncode == 0, r.stderr
+    assert files(qout.incoming) == ["1"]
+    assert files(other.incoming) == ["2", "3"]
+
+
+def test_enrich_adds_host_time_and_constants(tmp_path, daemons):
+    qin, qout = Queue(tmp_path / "in"), Queue(tmp_path / "out")
+    qin.put(b'{"a": 1, "env": "keep"}', name="m")
+    r = daemons.run("enrich", "--queue-in-dir", qin.path, "--queue-out-dir", qout.path,
+                    "--set", "env=prod", "--set", "n=5", "--host-field", "host",
+                    "--time-field", "received", "--once")
+    assert r.returncode == 0, r.stderr
+    body = orjson.loads(open(os.path.join(qout.incoming, "m"), "rb").read())
+    assert body["a"] == 1 and body["env"] == "keep" and body["n"] == 5
+    assert body["host"] == os.uname().nodename and body["received"].startswith("20")
+
+
+def test_bad_files_in_incoming_do_not_stop_a_running_daemon(tmp_path, daemons):
+    qin, qout = Queue(tmp_path / "in"), Queue(tmp_path / "out")
+    p = daemons.start("pass", "--queue-in-dir", qin.path, "--queue-out-dir", qout.path,
+                      "--queue-in-wait", "0.5")
+    outside = tmp_path / "outside.json"
+    outside.write_bytes(b'{"outside": 1}')
+    os.symlink(outside, os.path.join(qin.incoming, "link"))
+    os.mkfifo(os.path.join(qin.incoming, "fifo"))
+    os.mkdir(os.path.join(qin.incoming, "a dir"))
+    for name in ("with space", "new\nline", "ünïcödé", "-leading-dash"):
+        qin.put(b'{"odd": true}', name=name)
+    qin.put(b'{"good": 1}', name="good")
+    wait_for(lambda: len(files(qin.errors)) == 3 and len(files(qout.incoming)) == 5,
+             what="bad files sorted out")
+    assert sorted(files(qout.incoming)) == sorted(
+        ["with space", "new\nline", "ünïcödé", "-leading-dash", "good"])
+    assert sorted(files(qin.errors)) == ["a dir", "fifo", "link"]
+    assert outside.read_bytes() == b'{"outside": 1}'
+    assert p.poll() is None
+
+
+def test_daemon_mode_writes_and_removes_its_pid_file(tmp_path, daemons):
+    qin = Queue(tmp_path / "in")
+    pid_file, log_file = tmp_path / "print.pid", tmp_path / "print.log"
+    args = ("print", "--queue-in-dir", qin.path, "--daemon", "--pid-file", str(pid_file),
+            "--log-file", str(log_file))
+    r = daemons.run(*args)
+    assert r.returncode == 0, r.stderr
+    pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(),
+                       what="pid file"))
+    try:
+        assert os.path.exists(f"/proc/{pid}")
+        again = daemons.run(*args)
+        assert again.returncode == 2
+        assert f"names running process {pid}" in again.stderr.decode()
+        assert len(again.stderr.decode().strip().splitlines()) == 1
+        qin.put(b'{"hello": "daemon"}')
+        wait_for(lambda: "hello" in log_file.read_text(), what="logged message")
+        # HUP reopens the log file after an external rotation
+        os.rename(log_file, str(log_file) + ".1")
+        os.kill(pid, signal.SIGHUP)
+        wait_for(lambda: log_file.exists(), what="reopened log")
+        qin.put(b'{"after": "rotation"}')
+        wait_for(lambda: "rotation" in log_file.read_text(), what="log after rotation")
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: not pid_file.exists(), what="pid file removed")
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), what="daemon exit")
+
+
+@pytest.mark.parametrize("durability", ["none", "fsync"])
+def test_chain_of_two_daemons_by_queue_dirs_only(tmp_path, daemons, durability):
+    a, b, c = (Queue(tmp_path / n) for n in "abc")
+    made = fill(a, 300)
+    p1 = daemons.start("enrich", "--queue-in-dir", a.path, "--queue-out-dir", b.path,
+                       "--set", "stage=1", "--durability", durability)
+    p2 = daemons.start("filter", "--queue-in-dir", b.path, "--queue-out-dir", c.path,
+                       "--where", "stage=1", "--durability", durability)
+    wait_for(lambda: len(files(c.incoming)) == 300, what="messages through two hops")
+    for p in (p1, p2):
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(30) == 0
+    assert sorted(files(c.incoming)) == sorted(made)
