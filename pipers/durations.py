@@ -16,8 +16,8 @@ def parse_duration(text: str | float | int) -> float:
             values = [float(p) for p in parts]
         except ValueError:
             raise ValueError(f"{text!r} is not a duration (seconds or HHH:MM:SS)") from None
-        if len(parts) > 1 and any(v >= 60 for v in values[1:]):
-            raise ValueError(f"{text!r}: minutes and seconds must be below 60")
+        if any(v < 0 for v in values) or (len(parts) > 1 and any(v >= 60 for v in values[1:])):
+            raise ValueError(f"{text!r}: minutes and seconds must be from 0 to 59")
         seconds = 0.0
         for v in values:
             seconds = seconds * 60 + v

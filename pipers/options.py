@@ -58,13 +58,18 @@ def _load_config(ctx: click.Context, param: click.Parameter, path: str | None) -
             section = dict(cp[command]) if cp.has_section(command) else {}
     except (tomllib.TOMLDecodeError, configparser.Error, UnicodeDecodeError) as e:
         raise click.BadParameter(f"{path}: {str(e).splitlines()[0]}", ctx, param) from None
-    known = {p.name for p in ctx.command.params}
+    known = {}  # setting name (flag without dashes, or parameter name) -> parameter
+    for p in ctx.command.params:
+        known[p.name] = p.name
+        for opt in getattr(p, "opts", []):
+            if opt.startswith("--"):
+                known[opt[2:].replace("-", "_")] = p.name
     settings: dict[str, Any] = {}
     for scope, values in (("common", common), (command, section)):
         for key, value in values.items():
             name = key.replace("-", "_")
             if name in known:
-                settings[name] = value
+                settings[known[name]] = value
             elif scope != "common":
                 raise click.BadParameter(
                     f"{path}: [{command}] has unknown setting {key!r}", ctx, param
