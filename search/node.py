@@ -201,17 +201,31 @@ class SearchClient:
         ndjson: bool = False,
         url: str | None = None,
     ) -> Any:
-        """``method path`` on ``url`` (default: first node); returns the JSON answer."""
-        base = (url or self.url).rstrip("/")
-        _, answer = http_json(
-            method,
-            base + "/" + path.lstrip("/"),
-            body,
-            timeout=self.timeout if timeout is None else timeout,
-            ok=ok,
-            ndjson=ndjson,
-        )
-        return answer
+        """``method path``; returns the JSON answer.
+
+        Goes to ``url`` if given, else to the first node, moving on to the next
+        nodes while a node refuses connections (a killed node of a cluster).
+        Timeouts are not retried elsewhere.
+        """
+        candidates = [url] if url else self._candidate_urls()
+        for i, base in enumerate(candidates):
+            try:
+                _, answer = http_json(
+                    method,
+                    base.rstrip("/") + "/" + path.lstrip("/"),
+                    body,
+                    timeout=self.timeout if timeout is None else timeout,
+                    ok=ok,
+                    ndjson=ndjson,
+                )
+                return answer
+            except SearchUnavailable:
+                if i == len(candidates) - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _candidate_urls(self) -> list[str]:
+        return self.urls
 
     def health(self, *, url: str | None = None, timeout: float = 5.0) -> dict:
         """``GET /_cluster/health`` (fails fast when no cluster manager is elected)."""
@@ -269,9 +283,7 @@ class SearchClient:
 
     def refresh(self, index: str = "_all") -> None:
         """Make everything indexed so far searchable (no error if the index is absent)."""
-        self.request(
-            "POST", f"/{_q(index)}/_refresh?ignore_unavailable=true&allow_no_indices=true"
-        )
+        self.request("POST", f"/{_q(index)}/_refresh?ignore_unavailable=true&allow_no_indices=true")
 
     def search_ids(
         self, index: str, query: Mapping | None = None, *, page: int = 5000
@@ -381,16 +393,32 @@ def ensure_built(java: str | None = None) -> None:
             if not mvn:
                 raise SearchNodeError("mvn not found: cannot resolve the search node jars")
             subprocess.run(
-                [mvn, "-B", "-q", "-f", str(POM), "dependency:copy-dependencies",
-                 f"-DoutputDirectory={LIB_DIR}"],
+                [
+                    mvn,
+                    "-B",
+                    "-q",
+                    "-f",
+                    str(POM),
+                    "dependency:copy-dependencies",
+                    f"-DoutputDirectory={LIB_DIR}",
+                ],
                 check=True,
             )
         if not cls.exists() or cls.stat().st_mtime < LAUNCHER_SRC.stat().st_mtime:
             tmp = SEARCH_BUILD / f".classes.{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
             subprocess.run(
-                [_javac_for(java), "--release", "17", "-nowarn", "-cp", f"{LIB_DIR}/*",
-                 "-d", str(tmp), str(LAUNCHER_SRC)],
+                [
+                    _javac_for(java),
+                    "--release",
+                    "17",
+                    "-nowarn",
+                    "-cp",
+                    f"{LIB_DIR}/*",
+                    "-d",
+                    str(tmp),
+                    str(LAUNCHER_SRC),
+                ],
                 check=True,
             )
             shutil.rmtree(CLASSES_DIR, ignore_errors=True)
@@ -504,6 +532,12 @@ class SearchNode(SearchClient):
 
     Methods taking ``node=`` act on every node when it is None, else on node
     ``node`` (1-based) only, e.g. ``cluster.kill(node=2)``.
+
+    ``zero_replicas`` (default: True for a single node) installs a lowest-order
+    legacy template giving new indices 0 replicas, so they are green, not yellow.
+    ``modules``: default :data:`DEFAULT_MODULES`, ``"all"`` for every module the
+    runner knows (painless, ingest, ...; ~1.5 s slower), or a list of plugin classes.
+    ``settings``: extra node settings (``-E key=value``; ``[a,b]`` for lists).
     """
 
     def __init__(
@@ -518,6 +552,7 @@ class SearchNode(SearchClient):
         java: str | None = None,
         modules: str | Iterable[str] | None = None,
         settings: Mapping[str, str] | None = None,
+        zero_replicas: bool | None = None,
         timeout: float = 30.0,
     ):
         if nodes < 1:
@@ -531,6 +566,8 @@ class SearchNode(SearchClient):
         self.java = java
         self.modules = modules
         self.extra_settings = dict(settings or {})
+        # a single node cannot place replicas: make new indices green, not yellow
+        self.zero_replicas = self.nodes == 1 if zero_replicas is None else zero_replicas
         self.members = [
             _Member(
                 k,
@@ -576,6 +613,11 @@ class SearchNode(SearchClient):
         """True if the JVM(s) run (paused counts as alive)."""
         return all(m.alive() for m in self._sel(node))
 
+    def _candidate_urls(self) -> list[str]:
+        # running, unpaused nodes first; the others last (errors come from them)
+        ranked = sorted(self.members, key=lambda m: (not m.alive(), m.paused))
+        return [m.url for m in ranked]
+
     def log_paths(self) -> list[Path]:
         return [m.log for m in self.members]
 
@@ -600,9 +642,7 @@ class SearchNode(SearchClient):
         return s
 
     def _modules_arg(self) -> list[str]:
-        mods = self.modules if self.modules is not None else os.environ.get(
-            "PIPERS_SEARCH_MODULES"
-        )
+        mods = self.modules if self.modules is not None else os.environ.get("PIPERS_SEARCH_MODULES")
         if mods is None:
             mods = DEFAULT_MODULES
         if mods == "all":
@@ -661,8 +701,19 @@ class SearchNode(SearchClient):
                 m.signal(signal.SIGKILL)
                 m.wait(10)
             raise
+        if self.zero_replicas and node is None:
+            self._put_zero_replicas_template()
         self.last_start_seconds = time.monotonic() - t0
         return self
+
+    def _put_zero_replicas_template(self) -> None:
+        # legacy template, lowest order: only used when no composable (_index_template)
+        # template matches, and merged under any other legacy template.
+        self.request(
+            "PUT",
+            "/_template/pipers-zero-replicas",
+            {"index_patterns": ["*"], "order": -1000, "settings": {"number_of_replicas": 0}},
+        )
 
     def _wait_ready(self, members: list[_Member], deadline: float) -> None:
         want_nodes = sum(1 for m in self.members if m.alive())
@@ -801,6 +852,12 @@ def min_heap(heap: str) -> str:
 def _cli_start(args: argparse.Namespace) -> int:
     old = SearchNode.from_state(args.base)
     if old is not None and any(m.alive() for m in old.members):
+        if (old.port, old.nodes) != (args.port, args.nodes):
+            print(
+                f"note: a node already runs from {old.base} on port {old.port} "
+                f"with {old.nodes} node(s); keeping it",
+                file=sys.stderr,
+            )
         if old.healthy(timeout=5):
             print(old.url)
             return 0
@@ -863,8 +920,10 @@ def _cli_status(args: argparse.Namespace) -> int:
     except SearchError as e:
         print(f"unhealthy {running[0].url}: {e}")
         return 1
-    print(f"{h.get('status')} {node.url} nodes={h.get('number_of_nodes')}/{node.nodes} "
-          f"pids={node.pids} cluster={h.get('cluster_name')}")
+    print(
+        f"{h.get('status')} {node.url} nodes={h.get('number_of_nodes')}/{node.nodes} "
+        f"pids={node.pids} cluster={h.get('cluster_name')}"
+    )
     return 0 if h.get("status") in ("yellow", "green") and len(running) == node.nodes else 1
 
 
