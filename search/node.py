@@ -771,6 +771,10 @@ class SearchNode(SearchClient):
         for m in self._sel(node):
             m.signal(signal.SIGSTOP)
             m.paused = True
+        for m in self._sel(node):  # SIGSTOP lands asynchronously: wait until every thread halts
+            deadline = time.monotonic() + 5
+            while m.pid and time.monotonic() < deadline and not _all_threads_stopped(m.pid):
+                time.sleep(0.01)
 
     def resume(self, node: int | None = None) -> None:
         """SIGCONT the JVM(s)."""
@@ -944,3 +948,20 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _all_threads_stopped(pid: int) -> bool:
+    """True when every thread of `pid` is in the stopped state (T)."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return True
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except (FileNotFoundError, IndexError):
+            continue
+        if state not in (b"T", b"t"):
+            return False
+    return True
