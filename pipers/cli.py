@@ -6,7 +6,10 @@ import sys
 
 import click
 
+from .mq import consume as mq_consume
+from .mq import publish as mq_publish
 from .ops import put, replay, status
+from .ship import command as ship
 from .transforms import enrich, filter, passthrough, printer, run
 
 
@@ -16,7 +19,8 @@ def cli():
     """Durable JSON pipelines: small daemons chained by queue directories."""
 
 
-for module in (printer, passthrough, enrich, filter, run, put, status, replay):
+for module in (printer, passthrough, enrich, filter, run, put, status, replay, ship,
+               mq_publish, mq_consume):
     cli.add_command(module.command)
 
 

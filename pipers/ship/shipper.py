@@ -1,0 +1,364 @@
+"""`Ship`: the last daemon of a pipeline; commits its queue to a search cluster's `_bulk`.
+
+A message leaves ``pending/`` only once the cluster acknowledged its document
+(or said it already has it: 409 on ``create``), or refused it for good (it
+then waits in ``errors/`` with the engine's error for a replay). Everything
+else stays on disk and is tried again after a jittered, capped back-off:
+
+- outage (connection refused, time-out, 5xx/429/any other error on the whole
+  request, an answer that does not parse or match): the whole bundle is kept,
+  no new message is claimed, ``status`` shows "waiting" and why;
+- documents refused for now (429, 5xx, rejected execution, a write block):
+  they stay in hand and go again with the next bundle, topped up with new
+  messages up to ``--bundle-size``;
+- 413 (request too large): the bundle is split in halves, and later bundles
+  are kept under the size that passed; one document too large goes to errors/.
+
+Each document's ``_id`` is its message's name and each action is ``create``,
+so a resend after kill -9 or a replay never makes a second document. On
+SIGTERM a bundle being sent is finished; one not yet sent goes back to
+``incoming/``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from queues import BadMessage, Claim, Reason
+
+from ..base import Options, Piper
+from .backoff import Backoff
+from .bulk import (
+    BadAnswer,
+    BulkClient,
+    ItemResult,
+    Outcome,
+    Unavailable,
+    error_json,
+    error_summary,
+    read_items,
+)
+from .bundle import Item, body, make_item, take
+from .index import IndexNamer
+
+CLAIM_CHUNK = 256  # messages claimed (renamed into pending/) per step while filling
+UNLINK_THREADS = 4
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+log = logging.getLogger("pipers.ship")
+
+
+class Remover:
+    """Unlinks delivered messages on a few threads.
+
+    On a filesystem that discards freed blocks at once, one unlink of a file
+    already written back costs half a millisecond or more; done in parallel it
+    costs a quarter of that and overlaps the next bundle. The documents are
+    acknowledged before their files are handed over, so a crash with unlinks
+    still queued only means a resend that the cluster answers with 409.
+    """
+
+    def __init__(self, threads: int = UNLINK_THREADS):
+        self.threads = threads
+        self._pool: ThreadPoolExecutor | None = None
+        self._futures: list[Future] = []
+
+    def remove(self, paths: list[str]) -> None:
+        if not paths:
+            return
+        if len(paths) < 64 or self.threads <= 1:
+            _unlink_all(paths)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="pipers-unlink")
+        self._futures = [f for f in self._futures if not f.done()]
+        step = -(-len(paths) // self.threads)
+        for i in range(0, len(paths), step):
+            self._futures.append(self._pool.submit(_unlink_all, paths[i : i + step]))
+
+    def wait(self) -> None:
+        for f in self._futures:
+            f.result()
+        self._futures = []
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self._futures = []
+
+
+def _unlink_all(paths: list[str]) -> None:
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:  # left in pending/: recovered and resent (409) later
+            log.warning("cannot remove delivered message %s: %s", path, e.strerror)
+
+
+@dataclass
+class ShipOptions:
+    bundle_size: int = 5000
+    bundle_bytes: int = 10 * 1024 * 1024
+    flush_interval: float = 1.0
+    archive_dir: str | None = None
+    retry_initial_wait: float = 0.5
+    retry_max_wait: float = 60.0
+
+
+class Ship(Piper):
+    name = "ship"
+
+    def __init__(self, options: Options, client: Callable[[], BulkClient], namer: IndexNamer,
+                 ship: ShipOptions | None = None, clock: Callable[[], float] = time.time):
+        super().__init__(options, clock)
+        self.ship = ship or ShipOptions()
+        self.make_client = client
+        self.client: BulkClient | None = None
+        self.namer = namer
+        self.backoff = Backoff(self.ship.retry_initial_wait, self.ship.retry_max_wait)
+        self.byte_limit = self.ship.bundle_bytes  # lowered when the cluster answers 413
+        self.hand: list[Item] = []  # claimed, not yet acknowledged (in pending/)
+        self.hand_bytes = 0
+        self.hand_since: float | None = None
+        self.incoming_empty = False
+        self.retrying = False
+        self.down_since: float | None = None
+        self.delivered = 0
+        self.rejected = 0
+        self.remover = Remover()
+        self._delivered_paths: list[str] = []
+        if self.ship.archive_dir:
+            os.makedirs(self.ship.archive_dir, 0o700, exist_ok=True)
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def initialize(self) -> None:
+        self.client = self.make_client()
+        super().initialize()
+        self.log.info("shipping to %s", ", ".join(self.client.urls))
+
+    def loop(self, now: float) -> float:
+        if now >= self._next_maintenance:
+            self.maintain(now)
+        wait = self.backoff.remaining(now)
+        if wait > 0:
+            return wait  # dequeuing pauses; arrivals only wake us to go back to sleep
+        if not self.stopping:
+            self._fill(now)
+        if not self.hand:
+            self.drained = True
+            self.set_state("idle")
+            return max(0.0, min(self.options.queue_in_wait, self._next_maintenance - now))
+        self.drained = False
+        due = self._due(now)
+        if due > 0:
+            return min(due, max(0.0, self._next_maintenance - now))
+        self._round(now)
+        return 0.0
+
+    def _fill(self, now: float) -> None:
+        """Claim messages until the hand holds a bundle (count or bytes) or incoming/ is empty."""
+        self.incoming_empty = False
+        while len(self.hand) < self.ship.bundle_size and self.hand_bytes < self.byte_limit:
+            want = min(CLAIM_CHUNK, self.ship.bundle_size - len(self.hand))
+            claims = self.queue_in.claim(want)
+            if claims:
+                self.handle(claims)
+            if len(claims) < want:
+                self.incoming_empty = True
+                return
+
+    def handle(self, claims: list[Claim]) -> float:
+        """Read claimed messages into the hand; a message that is not a JSON object fails."""
+        now = self.clock()
+        for claim in claims:
+            try:
+                item = make_item(claim, self.queue_in.read(claim), self.namer)
+            except BadMessage as e:
+                self.fail(claim, e.reason, str(e))
+                continue
+            if not self.hand:
+                self.hand_since = now
+            self.hand.append(item)
+            self.hand_bytes += item.size
+        return 0.0
+
+    def _due(self, now: float) -> float:
+        """Seconds until the hand must be sent (0: now)."""
+        if (self.retrying or len(self.hand) >= self.ship.bundle_size
+                or self.hand_bytes >= self.byte_limit):
+            return 0.0
+        if self.incoming_empty and (self.options.once or self.ship.flush_interval <= 0):
+            return 0.0
+        return max(0.0, (self.hand_since or now) + self.ship.flush_interval - now)
+
+    # -- one send -------------------------------------------------------------------------
+
+    def _round(self, now: float) -> None:
+        items = take(self.hand, self.ship.bundle_size, self.byte_limit)
+        refused: list[ItemResult] = []
+        rejected: list[tuple[Item, str]] = []
+        try:
+            self._ship(items, refused, rejected)
+        except Unavailable as e:
+            self._settle(rejected)
+            self._outage(now, str(e))
+            return
+        self._settle(rejected)
+        if self.down_since is not None:
+            self.log.warning("search cluster answers again after %.0fs; delivering",
+                             now - self.down_since)
+            self.down_since = None
+        if refused:
+            self.retrying = True
+            wait = self.backoff.fail(now)
+            self.set_state(
+                "waiting",
+                f"{len(refused)} documents refused for now ({refused[0].summary()[:300]}); "
+                f"kept in pending/, next try in {wait:.1f}s",
+            )
+            if self.backoff.failures == 1:
+                self.log.warning("%d documents refused for now: %s", len(refused),
+                                 refused[0].summary()[:300])
+        else:
+            self.retrying = False
+            self.backoff.reset()
+            self.set_state("running")
+
+    def _ship(self, items: list[Item], refused: list[ItemResult],
+              rejected: list[tuple[Item, str]]) -> None:
+        """Send `items`; finish what the answer settles. Unavailable: no usable answer."""
+        payload = body(items)
+        answer = self.client.bulk(payload)
+        if answer.status == 413:
+            if len(items) == 1:
+                self._reject(items[0], Reason.TOO_LARGE,
+                             f"one document of {len(payload)} bytes is too large for the "
+                             f"cluster: {error_summary(413, answer.body)}",
+                             {"status": 413, "error": error_json(answer.body),
+                              "index": items[0].index, "_id": items[0].id})
+                rejected.append((items[0], "413 request entity too large"))
+                return
+            self.byte_limit = max(1, min(self.byte_limit, len(payload) // 2))
+            self.log.warning("the cluster refused %d bytes as too large (413); "
+                             "bundles now stay under %d bytes", len(payload), self.byte_limit)
+            half = len(items) // 2
+            self._ship(items[:half], refused, rejected)
+            self._ship(items[half:], refused, rejected)
+            return
+        if not 200 <= answer.status < 300:
+            raise Unavailable(error_summary(answer.status, answer.body))
+        try:
+            results = read_items(answer.body, [item.id for item in items])
+        except BadAnswer as e:
+            raise Unavailable(str(e)) from None
+        for item, result in zip(items, results, strict=True):
+            if result.outcome is Outcome.DONE:
+                self._done(item)
+            elif result.outcome is Outcome.FAILED:
+                summary = result.summary()
+                self._reject(item, Reason.REJECTED, summary, {
+                    "status": result.status, "error": result.error,
+                    "index": item.index, "_id": item.id,
+                })
+                rejected.append((item, summary))
+            else:
+                item.tries += 1
+                refused.append(result)
+
+    def _done(self, item: Item) -> None:
+        """The cluster has the document: archive or remove the message."""
+        claim = item.claim
+        try:
+            if self.ship.archive_dir:
+                dst = os.path.join(self.ship.archive_dir, claim.id)
+                try:
+                    os.rename(claim.path, dst)
+                except OSError as e:
+                    if e.errno != errno.EXDEV:
+                        raise
+                    shutil.copy2(claim.path, dst + ".part")
+                    os.rename(dst + ".part", dst)
+                    os.unlink(claim.path)
+            else:
+                self._delivered_paths.append(claim.path)
+        except FileNotFoundError:
+            pass
+        self._finish(item)
+        self.delivered += 1
+
+    def _reject(self, item: Item, reason: Reason, message: str, detail: Any) -> None:
+        """Refused for good: errors/ with the engine's answer in the sidecar."""
+        try:
+            self.queue_in.fail(item.claim, reason, message, daemon=self.name, detail=detail)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            if e.errno not in _FULL_ERRNOS:
+                raise
+            self.queue_in.release(item.claim)  # no room even for the reason: keep it
+        self._finish(item)
+        self.rejected += 1
+
+    def _finish(self, item: Item) -> None:
+        item.finished = True
+        self.hand_bytes -= item.size
+
+    def _settle(self, rejected: list[tuple[Item, str]]) -> None:
+        """Drop finished items from the hand; one log line for what went to errors/."""
+        self.remover.remove(self._delivered_paths)
+        self._delivered_paths = []
+        self.hand = [item for item in self.hand if not item.finished]
+        if not self.hand:
+            self.hand_since = None
+            self.hand_bytes = 0
+        if rejected:
+            item, summary = rejected[0]
+            more = f" and {len(rejected) - 1} more" if len(rejected) > 1 else ""
+            self.log.error("%s -> errors/ (index %s): %s%s", item.claim.name, item.index,
+                           summary[:500], more)
+
+    def _outage(self, now: float, why: str) -> None:
+        wait = self.backoff.fail(now)
+        self.retrying = True
+        if self.down_since is None:
+            self.down_since = now
+            self.log.warning("search cluster unavailable: %s", why[:500])
+        self.set_state(
+            "waiting",
+            f"search cluster unavailable for {now - self.down_since:.0f}s ({why[:300]}); "
+            f"{len(self.hand)} messages kept in pending/, dequeuing paused, "
+            f"next try in {wait:.1f}s",
+        )
+
+    # -- stopping ---------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """A bundle not (fully) acknowledged goes back to incoming/ for the next run."""
+        returned = 0
+        for item in self.hand:
+            if item.finished:
+                continue
+            try:
+                self.queue_in.release(item.claim)
+                returned += 1
+            except FileNotFoundError:
+                pass
+        if returned:
+            self.log.info("returned %d unsent messages to incoming/", returned)
+        self.hand = []
+        self.remover.close()
+        if self.client is not None:
+            self.client.close()
+        self.log.info("%d documents delivered, %d refused (errors/)", self.delivered,
+                      self.rejected)
