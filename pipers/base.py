@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from queues import BadMessage, Batch, Claim, Queue, Reason
+from queues.journal import Journal
 from queues.names import child_name
 
 from . import logs
@@ -50,6 +51,7 @@ class Options:
     group_access: bool = False
     max_message_bytes: int = 16 * 1024 * 1024
     tmp_max_age: float = 36 * 3600.0
+    journal_dir: str | None = None  # note messages whose life ends here (collect cleanup)
 
     def queue(self, path: str) -> Queue:
         return Queue(
@@ -208,6 +210,10 @@ class Piper(Daemon):
         if not options.queue_in_dir:
             raise ValueError("--queue-in-dir is required")
         self.queue_in = options.queue(options.queue_in_dir)
+        self.journal = Journal(
+            options.journal_dir, file_mode=self.queue_in.file_mode,
+            dir_mode=self.queue_in.dir_mode,
+        ) if options.journal_dir else None
         self._next_maintenance = 0.0
         self.processed = 0
 
@@ -283,6 +289,8 @@ class Piper(Daemon):
                 raise
             for batch in batches.values():
                 batch.abort()
+            if self.journal is not None:
+                self.journal.discard()  # their consumption was not committed
             self._release([c for c in claims if os.path.lexists(c.path)])
             self.set_state("waiting", f"cannot write output: {e.strerror} ({e.filename})")
             return self.options.queue_out_wait
@@ -293,6 +301,8 @@ class Piper(Daemon):
                 self.queue_in.done(claim)
             except FileNotFoundError:
                 pass  # moved (zero copy) into the next queue
+        if self.journal is not None:
+            self.journal.flush()  # one small file per batch, after the batch is on disk
         self._release(claims[in_hand:])
         self.processed += in_hand
         return 0.0
@@ -321,14 +331,17 @@ class Piper(Daemon):
             self.fail(claim, Reason.EXCEPTION, f"{type(e).__name__}: {e}",
                       tb=traceback.format_exc())
             return False
+        if not outputs and self.journal is not None:
+            self.journal.ok(claim.id)  # consumed here: its life ends
         if len(outputs) == 1 and outputs[0][1] is None:
             queue = outputs[0][0]
             batch = batches.get(queue.path) or batches.setdefault(queue.path, queue.batch())
-            batch.add_move(claim.path, claim.id, self.queue_in.dev)
+            batch.add_move(claim.path, claim.id, self.queue_in.dev, urgent=claim.urgent)
             return True
         for i, (queue, data) in enumerate(outputs):
             batch = batches.get(queue.path) or batches.setdefault(queue.path, queue.batch())
-            batch.add(data, claim.id if len(outputs) == 1 else child_name(claim.id, i))
+            batch.add(data, claim.id if len(outputs) == 1 else child_name(claim.id, i),
+                      urgent=claim.urgent)
         return True
 
     def _outputs(self, result: Any, raw: bytes) -> list[tuple[Queue, bytes | None]]:
@@ -355,6 +368,8 @@ class Piper(Daemon):
         try:
             self.queue_in.fail(claim, reason, message, daemon=self.name, traceback=tb,
                                detail=detail)
+            if self.journal is not None:
+                self.journal.failed(claim.id)
         except OSError as e:
             if e.errno not in _FULL_ERRNOS:
                 raise

@@ -125,6 +125,9 @@ def daemon_options(*, queue_in: bool = True, queue_out: str = "optional") -> Cal
                              default=16 * 1024 * 1024, show_default=True),
                 click.option("--tmp-max-age", type=DURATION, default=36 * 3600.0,
                              show_default=True, help="Sweep files left in tmp/ this long."),
+                click.option("--journal-dir", type=click.Path(file_okay=False),
+                             help="Note messages whose life ends here (consumed or failed) "
+                             "for `pipers collect` cleanup."),
             ]
         if queue_out != "none":
             opts += [
@@ -167,7 +170,7 @@ _LOG_FIELDS = {
 def split(params: dict[str, Any]) -> tuple[Options, LogOptions, dict[str, Any], dict[str, Any]]:
     """(queue options, log options, detach options, the command's own options)."""
     params = dict(params)
-    for key in ("queue_in_dir", "queue_out_dir", "log_file", "pid_file"):
+    for key in ("queue_in_dir", "queue_out_dir", "log_file", "pid_file", "journal_dir"):
         if params.get(key):
             params[key] = os.path.abspath(params[key])
     options = Options(**{k: params.pop(k) for k in list(params) if k in _OPTION_FIELDS})

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 import orjson
 
-from . import names
+from . import names, priority
 from .owner import Owner, host_name, me
 from .states import (
     DIRS,
@@ -52,6 +52,7 @@ class Claim:
     name: str  # the name it had in incoming/ (id plus attempt count)
     path: str  # where it is now
     regular: bool = True  # what the directory listing said about its type
+    urgent: bool = False  # taken from priority/: its outputs go to the next priority/
 
     @property
     def id(self) -> str:
@@ -177,9 +178,9 @@ class Queue:
         A message a sibling took first (ENOENT) is skipped; the caller owns
         every returned claim until it finishes, fails or releases it.
         """
-        claims: list[Claim] = []
         refilled = False
         tag = OWNER_SEP + me().tag
+        claims: list[Claim] = priority.take(self, limit, tag)  # one failed open() if none
         while len(claims) < limit:
             if not self._candidates:
                 if refilled:
@@ -250,6 +251,8 @@ class Queue:
         """Put a claimed message back into incoming/ (optionally counting a try)."""
         base, attempts = names.split_attempts(claim.name)
         name = names.with_attempts(base, attempts + 1 if count_attempt else attempts)
+        if claim.urgent:
+            return priority.release(self, claim, name)
         os.rename(claim.path, os.path.join(self.incoming, name))
         return name
 
@@ -450,9 +453,10 @@ class Batch:
         self._staged: list[tuple[str, str]] = []  # (source path, final name)
         self._written: list[str] = []  # our own tmp files (removed on abort)
         self._copied_from: list[str] = []  # sources of cross-filesystem moves
+        self._urgent: list[tuple[str, str]] = []  # staged for priority/ (see priority.py)
 
     def __len__(self) -> int:
-        return len(self._staged)
+        return len(self._staged) + len(self._urgent)
 
     def __enter__(self) -> Batch:
         return self
@@ -463,15 +467,18 @@ class Batch:
         else:
             self.abort()
 
-    def add(self, data: bytes, name: str | None = None) -> str:
-        """Stage a message's bytes; returns its name. Raises OSError (e.g. ENOSPC)."""
+    def add(self, data: bytes, name: str | None = None, *, urgent: bool = False) -> str:
+        """Stage a message's bytes; returns its name. Raises OSError (e.g. ENOSPC).
+
+        An `urgent` message goes to priority/: claimed before anything in incoming/.
+        """
         name = name or names.new_name()
         path = self.queue._write_tmp(name, data)
         self._written.append(path)
-        self._staged.append((path, name))
+        (self._urgent if urgent else self._staged).append((path, name))
         return name
 
-    def add_move(self, src: str, name: str, src_dev: int) -> str:
+    def add_move(self, src: str, name: str, src_dev: int, *, urgent: bool = False) -> str:
         """Stage an existing file (e.g. a claimed message) to appear as `name`.
 
         On the same filesystem the file itself is renamed in (no copy); across
@@ -479,15 +486,15 @@ class Batch:
         the commit, so incoming/ never holds a partial file.
         """
         if src_dev == self.queue.dev:
-            self._staged.append((src, name))
+            (self._urgent if urgent else self._staged).append((src, name))
             return name
         with open(src, "rb") as f:
             data = f.read()
         self._copied_from.append(src)
-        return self.add(data, name)
+        return self.add(data, name, urgent=urgent)
 
     def commit(self) -> list[str]:
-        if not self._staged:
+        if not self._staged and not self._urgent:
             return []
         q = self.queue
         if q.fsync:
@@ -496,16 +503,18 @@ class Batch:
             os.rename(src, os.path.join(q.incoming, name))
         if q.fsync:
             fsync_dir(q.incoming)
+        if self._urgent:
+            priority.commit(q, self._urgent)
         for src in self._copied_from:
             _unlink_quietly(src)
-        committed = [name for _, name in self._staged]
-        self._staged, self._written, self._copied_from = [], [], []
+        committed = [name for _, name in self._staged + self._urgent]
+        self._staged, self._written, self._copied_from, self._urgent = [], [], [], []
         return committed
 
     def abort(self) -> None:
         for path in self._written:
             _unlink_quietly(path)
-        self._staged, self._written, self._copied_from = [], [], []
+        self._staged, self._written, self._copied_from, self._urgent = [], [], [], []
 
 
 def _unlink_quietly(path: str) -> None:

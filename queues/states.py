@@ -9,6 +9,7 @@ PENDING = "pending"  # claimed by one worker (owner tag in the name)
 TMP = "tmp"  # writers create files here, then rename into incoming/
 ERRORS = "errors"  # failed messages, each with a sidecar saying why
 RUN = "run"  # one small state file per running daemon instance (status)
+PRIORITY = "priority"  # prioritized messages, claimed before incoming/ (only while non-empty)
 DIRS = (INCOMING, PENDING, TMP, ERRORS)
 
 SIDECAR_SUFFIX = ".error.json"  # errors/NAME.error.json explains errors/NAME
