@@ -10,6 +10,7 @@ from .mq import consume as mq_consume
 from .mq import publish as mq_publish
 from .ops import put, replay, status
 from .ship import command as ship
+from .sources import probe
 from .transforms import enrich, filter, passthrough, printer, run
 
 
@@ -19,7 +20,8 @@ def cli():
     """Durable JSON pipelines: small daemons chained by queue directories."""
 
 
-for module in (printer, passthrough, enrich, filter, run, put, status, replay, ship,
+for module in (printer, passthrough, enrich, filter, run, put, status, replay, probe,
+               ship,
                mq_publish, mq_consume):
     cli.add_command(module.command)
 
