@@ -136,9 +136,11 @@ class Queue:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-        except BaseException:
+        except BaseException as e:
             os.close(fd)
             _unlink_quietly(path)
+            if isinstance(e, OSError) and e.filename is None:  # say where (write(2) does not)
+                raise OSError(e.errno, e.strerror, path) from None
             raise
         os.close(fd)
         return path
@@ -190,6 +192,10 @@ class Queue:
                 if not self._candidates:
                     break
             name, regular = self._candidates.popleft()
+            if name.endswith(SIDECAR_SUFFIX):  # would pass for a sidecar in counts and errors/
+                if self._rename_fresh(name):
+                    refilled = False  # list again to find it under its new name
+                continue
             dst = os.path.join(self.pending, name + tag)
             try:
                 os.rename(os.path.join(self.incoming, name), dst)
@@ -198,19 +204,22 @@ class Queue:
             except OSError as e:
                 if e.errno != errno.ENAMETOOLONG:
                     raise
-                self._rename_long(name)
+                if self._rename_fresh(name):
+                    refilled = False
                 continue
             claims.append(Claim(name, dst, regular))
         return claims
 
-    def _rename_long(self, name: str) -> None:
-        """A name too long to carry an owner tag gets a fresh name (same bytes)."""
+    def _rename_fresh(self, name: str) -> bool:
+        """A name too long to carry an owner tag, or looking like a sidecar, gets a fresh
+        name (same bytes); the next listing finds it. False if a sibling took it first."""
         try:
             os.rename(
                 os.path.join(self.incoming, name), os.path.join(self.incoming, names.new_name())
             )
         except FileNotFoundError:
-            pass
+            return False
+        return True
 
     def read(self, claim: Claim) -> bytes:
         """The message bytes; never follows a symlink nor blocks on a FIFO."""
@@ -269,16 +278,16 @@ class Queue:
         """Move a claimed message to errors/ with a sidecar that says why."""
         now = time.time()
         sidecar = {
-            "reason": str(getattr(reason, "value", reason)),
-            "message": message,
-            "daemon": daemon,
+            "reason": _text(str(getattr(reason, "value", reason))),
+            "message": _text(message),
+            "daemon": _text(daemon),
             "attempts": claim.attempts + 1,
             "time": datetime.fromtimestamp(now, UTC).isoformat(),
             "unix_time": now,
             "host": host_name(),
             "pid": os.getpid(),
-            "id": claim.id,
-            "traceback": traceback,
+            "id": _text(claim.id),
+            "traceback": None if traceback is None else _text(traceback),
             "detail": detail,
         }
         data = orjson.dumps(sidecar, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
@@ -319,6 +328,10 @@ class Queue:
                     returned += 1
             except FileNotFoundError:
                 continue  # a sibling recovered it first
+            except OSError as e:
+                if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                continue  # no room for the poison's sidecar: it stays until the next round
         if returned:
             self.forget()
         return returned, poisoned
@@ -515,6 +528,14 @@ class Batch:
         for path in self._written:
             _unlink_quietly(path)
         self._staged, self._written, self._copied_from, self._urgent = [], [], [], []
+
+
+def _text(text: str) -> str:
+    """`text` as valid UTF-8 for a sidecar: a name's undecodable bytes as ``\\xff``."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that is no escaped byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _unlink_quietly(path: str) -> None:
