@@ -10,7 +10,7 @@ from .mq import consume as mq_consume
 from .mq import publish as mq_publish
 from .ops import put, replay, status
 from .ship import command as ship
-from .sources import probe
+from .sources import collect, prioritize, probe
 from .transforms import enrich, filter, passthrough, printer, run
 
 
@@ -21,7 +21,7 @@ def cli():
 
 
 for module in (printer, passthrough, enrich, filter, run, put, status, replay, probe,
-               ship,
+               collect, prioritize, ship,
                mq_publish, mq_consume):
     cli.add_command(module.command)
 
