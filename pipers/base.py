@@ -215,6 +215,7 @@ class Piper(Daemon):
             dir_mode=self.queue_in.dir_mode,
         ) if options.journal_dir else None
         self._next_maintenance = 0.0
+        self._paused_until = 0.0  # output full: arrivals (or our own releases) do not wake us
         self.processed = 0
 
     @property
@@ -254,10 +255,13 @@ class Piper(Daemon):
         self._next_maintenance = now + self.options.queue_in_wait
 
     def loop(self, now: float) -> float:
+        if now < self._paused_until:
+            return self._paused_until - now
         if now >= self._next_maintenance:
             self.maintain(now)
         limit = min(self.options.batch_size, self.room(now))
         if limit == 0:
+            self._paused_until = now + self.options.queue_out_wait
             return self.options.queue_out_wait
         claims = self.queue_in.claim(limit)
         if not claims:
@@ -265,8 +269,10 @@ class Piper(Daemon):
             self.set_state("idle")
             return max(0.0, min(self.options.queue_in_wait, self._next_maintenance - now))
         self.drained = False
-        self.set_state("running")
-        return self.handle(claims)
+        wait = self.handle(claims)
+        if self._paused_until <= now:  # what could not be written keeps "waiting" (logged once)
+            self.set_state("running")
+        return wait
 
     def handle(self, claims: list[Claim]) -> float:
         """Process a batch of claims; returns seconds to wait before the next."""
@@ -292,7 +298,9 @@ class Piper(Daemon):
             if self.journal is not None:
                 self.journal.discard()  # their consumption was not committed
             self._release([c for c in claims if os.path.lexists(c.path)])
-            self.set_state("waiting", f"cannot write output: {e.strerror} ({e.filename})")
+            where = ", ".join(batches) or e.filename
+            self.set_state("waiting", f"cannot write output: {e.strerror} ({where})")
+            self._paused_until = self.clock() + self.options.queue_out_wait
             return self.options.queue_out_wait
         if self.gate is not None:
             self.gate.added(committed)
@@ -374,3 +382,6 @@ class Piper(Daemon):
             if e.errno not in _FULL_ERRNOS:
                 raise
             self.queue_in.release(claim)  # no room even for the reason: keep it for later
+            self.set_state("waiting", f"cannot write to errors/: {e.strerror} "
+                           f"({self.queue_in.errors})")
+            self._paused_until = self.clock() + self.options.queue_out_wait
