@@ -604,8 +604,8 @@ class Collect(Daemon):
                 self._waiting[job_id] = min(self._waiting.get(job_id, found.until),
                                             found.until)
                 return False
-            if isinstance(found, Submission):
-                if self.room(now) == 0 or not self.take([found], now, urgent=True):
+            if isinstance(found, Submission):  # one message: no --queue-out-limit for it
+                if not self.take([found], now, urgent=True):
                     return False
                 self.log.info("priority for %s: taken from %s ahead of the others",
                               job_id, root)
