@@ -287,3 +287,34 @@ def test_queue_full_keeps_submissions_waiting(tmp_path):
     c.loop(now + 1.5)
     c.loop(now + 1.6)
     assert len(queued(tmp_path)) == 2 and len(files(tmp_path / "drop")) == 1
+
+
+def test_daemons_note_only_messages_whose_life_ends_there(tmp_path):
+    from pipers.transforms.passthrough import Passthrough
+    from pipers.transforms.run import Run
+    from queues import journal
+
+    def judge(message):
+        if message["k"] == "refuse":
+            raise ValueError("no")
+        return None if message["k"] == "drop" else message
+
+    j = str(tmp_path / "j")
+    q1, q2 = Queue(tmp_path / "q1"), Queue(tmp_path / "q2")
+    fwd = q1.put(b'{"k": "keep"}')
+    bad = q1.put(b"not json")
+    hop = Passthrough(Options(queue_in_dir=q1.path, queue_out_dir=q2.path, journal_dir=j))
+    hop.loop(time.time())
+    notes = [n for _, ns in journal.read(j) for n in ns]
+    assert notes == [("failed", bad)]  # the forwarded one lives on in q2: no note
+    for f, _ in journal.read(j):
+        os.unlink(f)
+
+    dropped, refused = q2.put(b'{"k": "drop"}'), q2.put(b'{"k": "refuse"}')
+    sink = Run(Options(queue_in_dir=q2.path, journal_dir=j), function=judge)
+    sink.loop(time.time())
+    notes = sorted(n for _, ns in journal.read(j) for n in ns)
+    assert notes == sorted([("ok", fwd), ("ok", dropped), ("failed", refused)])
+    assert len(os.listdir(j)) == 1  # one small file for the whole batch
+    sink.loop(time.time())  # nothing claimed: nothing written
+    assert len(os.listdir(j)) == 1

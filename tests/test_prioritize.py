@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import orjson
@@ -140,3 +141,41 @@ def test_submissions_not_yet_collected_are_taken_first(daemons, tmp_path):
     r = prioritize("nobody")
     assert r.returncode == 1 and b"unknown" in r.stdout
     assert collect.poll() is None
+
+
+# -- the queue mechanism, in-process ------------------------------------------------------
+
+
+def test_claim_takes_priority_first_and_removes_the_emptied_directory(tmp_path):
+    q = Queue(tmp_path / "q")
+    names = q.put_many(orjson.dumps({"n": i}) for i in range(5))
+    assert q.claim(1)[0].name == names[0]  # the sorted listing of the rest is now cached
+    assert priority.promote(q, names[3]) == "incoming"
+    got = q.claim(2)
+    assert [(c.name, c.urgent) for c in got] == [(names[3], True), (names[1], False)]
+    assert not (tmp_path / "q" / "priority").exists()  # emptied: removed, one failed open()
+    q.release(got[0])  # an urgent claim given back keeps its place
+    assert os.listdir(tmp_path / "q" / "priority") == [names[3]]
+    again = q.claim(1)
+    assert again[0].urgent and again[0].name == names[3]
+    assert [c.name for c in q.claim(5)] == [names[2], names[4]]
+    assert priority.promote(q, names[2]) == "pending"
+
+
+def test_urgent_messages_stay_urgent_across_filesystems(tmp_path):
+    shm = Path("/dev/shm")  # a tmpfs: the forward is a copy, not a rename
+    cross = shm.is_dir() and os.stat(shm).st_dev != os.stat(tmp_path).st_dev
+    other = shm / f"pipers-test-{os.getpid()}" if cross else tmp_path / "other"
+    other.mkdir()
+    try:
+        src, dst = Queue(tmp_path / "src"), Queue(other / "dst")
+        src.put(b'{"x": 1}', "1700000000000000.1_1.h")
+        priority.promote(src, "1700000000000000.1_1.h")
+        (claim,) = src.claim(1)
+        with dst.batch() as b:
+            b.add_move(claim.path, claim.id, src.dev, urgent=claim.urgent)
+        assert os.listdir(other / "dst" / "priority") == ["1700000000000000.1_1.h"]
+        assert files(other / "dst" / "incoming") == []
+        assert not os.path.exists(claim.path)  # the copy's source is gone after the commit
+    finally:
+        shutil.rmtree(other, ignore_errors=True)
