@@ -328,3 +328,27 @@ def test_probe_daemon_runs_the_example_checks_and_stops_on_term(daemons, tmp_pat
     assert df["exit_code"] == 0 and "Filesystem" in df["output"] and df["host"] == host_name()
     p.send_signal(signal.SIGTERM)
     assert p.wait(20) == 0, daemons.log(p)
+
+
+def test_a_handle_without_descriptor_is_polled(tmp_path):
+    class Counter(ck.Handle):
+        def __init__(self):
+            super().__init__(name="polled")
+            self.reads = 0
+
+        def open(self):
+            pass
+
+        def close(self):
+            pass
+
+        def read_messages(self):
+            self.reads += 1
+            return [{"read": self.reads}]
+
+    h = Counter()
+    probe = make_probe(tmp_path, [h, ck.Load(3600)])
+    assert probe.loop(T0) == 1.0  # not an hour: the handle has nothing to wait on
+    probe.loop(T0 + 1)
+    got = [m for _, c, m in take(tmp_path / "q") if c == "polled"]
+    assert got == [(("read", 1),), (("read", 2),)]

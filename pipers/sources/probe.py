@@ -47,6 +47,7 @@ from .checks import HandleEOF, iso
 
 log = logging.getLogger("pipers.probe")
 ERROR_RETRY = 60.0  # when next_run() itself fails
+POLL_INTERVAL = 1.0  # how often an open handle without fileno() is read
 MAX_HELD = 100_000  # messages held in memory while the output queue cannot be written
 
 
@@ -356,7 +357,10 @@ class Probe(Daemon):
         if self.run_queue is None:
             return 0.0
         nxt = self.run_queue.next_time()
-        return 60.0 if nxt is None else max(0.0, nxt - now)
+        wait = 60.0 if nxt is None else max(0.0, nxt - now)
+        if any(_fileno(e) is None for e in self.run_queue.open_handles()):
+            wait = min(wait, POLL_INTERVAL)  # nothing to wait on: poll such handles
+        return wait
 
     def _next_from_container(self) -> list:
         try:
