@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import enum
 import logging
+import re
 import urllib.parse
 from dataclasses import dataclass
 from typing import Any
@@ -229,6 +230,14 @@ def node_config(url: str, *, auth: Auth, ca_file: str | None, verify: bool, time
     )
 
 
+def describe_failure(e: TransportError) -> str:
+    """One line for a request that got no answer (refused, reset, timed out, TLS...)."""
+    cause = e.__cause__
+    text = str(cause) if cause is not None else str(e.message)
+    text = re.sub(r"<[\w.]+ object at 0x[0-9a-f]+>: ", "", text)  # urllib3's object reprs
+    return f"{type(e).__name__}: {text}"[:500]
+
+
 class BulkClient:
     """`_bulk` over an elastic-transport node pool."""
 
@@ -259,7 +268,7 @@ class BulkClient:
                 headers={"content-type": "application/x-ndjson", "accept": "application/json"},
             )
         except TransportError as e:
-            raise Unavailable(f"{type(e).__name__}: {e}") from None
+            raise Unavailable(describe_failure(e)) from None
         raw = response.body if isinstance(response.body, bytes) else b""
         return Answer(response.meta.status, raw)
 

@@ -153,7 +153,7 @@ class Ship(Piper):
         wait = self.backoff.remaining(now)
         if wait > 0:
             return wait  # dequeuing pauses; arrivals only wake us to go back to sleep
-        if not self.stopping:
+        if not self.stopping and self.down_since is None:  # no new claims during an outage
             self._fill(now)
         if not self.hand:
             self.drained = True
