@@ -275,7 +275,18 @@ class Queue:
         traceback: str | None = None,
         detail: object = None,
     ) -> None:
-        """Move a claimed message to errors/ with a sidecar that says why."""
+        """Move a claimed message to errors/ with a sidecar that says why.
+
+        The entry is named by the message's id (its attempts are in the sidecar), so a
+        message processed twice after a crash between forward and unlink has one entry.
+        """
+        name = claim.id
+        try:
+            held = os.lstat(os.path.join(self.errors, name)).st_mode
+        except FileNotFoundError:
+            held = None
+        if held is not None and (stat.S_ISDIR(held) or stat.S_ISDIR(os.lstat(claim.path).st_mode)):
+            name = f"{name}.{names.new_name()}"  # rename(2) cannot replace a directory or by one
         now = time.time()
         sidecar = {
             "reason": _text(str(getattr(reason, "value", reason))),
@@ -291,8 +302,8 @@ class Queue:
             "detail": detail,
         }
         data = orjson.dumps(sidecar, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
-        self._write_atomic(self.errors, claim.name + SIDECAR_SUFFIX, data)
-        os.rename(claim.path, os.path.join(self.errors, claim.name))
+        self._write_atomic(self.errors, name + SIDECAR_SUFFIX, data)
+        os.rename(claim.path, os.path.join(self.errors, name))
         if self.fsync:
             fsync_dir(self.errors)
 

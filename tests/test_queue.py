@@ -154,7 +154,7 @@ def test_poison_message_goes_to_errors_after_max_attempts(tmp_path):
     os.rename(c.path, os.path.join(q.pending, "m,4"))  # no owner tag: nobody holds it
     assert q.recover(max_attempts=5) == (0, 1)
     ((name, side),) = list(q.error_entries())
-    assert name == "m,4" and side["reason"] == "poison"
+    assert name == "m" and side["reason"] == "poison" and side["attempts"] == 5
 
 
 def test_non_regular_files_are_never_followed_or_opened_blocking(tmp_path):

@@ -165,3 +165,21 @@ def test_names_the_queue_cannot_keep_are_renamed_and_still_drained_by_once(
     report = orjson.loads(daemons.run("status", "--json", qin.path).stdout)
     assert report["counts"]["errors"] == 1
     assert report["errors_by_reason"] == {"invalid-json": 1}
+
+
+def test_the_same_directory_name_dropped_twice_keeps_both_and_the_daemon_up(tmp_path, daemons):
+    """rename(2) cannot replace a non-empty directory in errors/: the second gets a new name."""
+    qin, qout = Queue(tmp_path / "in"), Queue(tmp_path / "out")
+    p = daemons.start("pass", "--queue-in-dir", qin.path, "--queue-out-dir", qout.path,
+                      "--queue-in-wait", "0.5")
+    for round_ in (1, 2):
+        os.mkdir(tmp_path / "d")
+        (tmp_path / "d" / "inside").write_text(str(round_))
+        os.rename(tmp_path / "d", os.path.join(qin.incoming, "d"))
+        wait_for(lambda n=round_: len(files(qin.errors)) == n, what=f"directory {round_}")
+    qin.put(b'{"still": "flowing"}', name="after")
+    wait_for(lambda: files(qout.incoming) == ["after"], what="a good message after them")
+    assert p.poll() is None
+    kept = sorted(open(os.path.join(qin.errors, n, "inside")).read() for n in files(qin.errors))
+    assert kept == ["1", "2"]
+    assert all(s["reason"] == "not-a-regular-file" for _, s in qin.error_entries())
