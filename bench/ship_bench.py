@@ -1,0 +1,179 @@
+"""Shipper throughput: `pipers ship --once` over N pre-queued documents beside `helpers.bulk`.
+
+    python bench/ship_bench.py --es-url URL --docs N --results FILE
+
+Both sides index the same N documents (same bytes, same `_id`s, op_type
+create) into two fresh indices of the same node in the same run:
+
+- ship: N messages are written into a queue and synced to disk (a backlog as
+  the shipper meets it), then ``pipers ship --once`` runs as its own process
+  until the queue is empty; the time is the whole command, start-up included;
+- helpers.bulk: opensearch-py's ``helpers.bulk`` over the same documents,
+  already parsed in memory, in chunks of the same size.
+
+Prints docs/s of each and the ratio ship / helpers.bulk, and appends one JSON
+record (a line) to FILE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import orjson  # noqa: E402
+
+from queues import Queue  # noqa: E402
+
+
+def document(i: int) -> bytes:
+    """A monitoring-style record of about 330 bytes."""
+    return orjson.dumps({
+        "monitoringType": "bench",
+        "timestamp": 1_700_000_000_000 + i,
+        "host": f"node-{i % 1000:04d}.example.org",
+        "service": "pipers-bench",
+        "seq": i,
+        "status": "ok" if i % 7 else "warning",
+        "metrics": {"cpu": (i % 100) / 100, "mem_mb": 1024 + i % 512, "load": [0.5, 0.7, 0.9]},
+        "message": f"synthetic record for throughput measurement, number {i}",
+        "tags": ["bench", "synthetic", "ship"],
+    })
+
+
+def http(method: str, url: str, body: dict | None = None, timeout: float = 60.0):
+    data = orjson.dumps(body) if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return orjson.loads(resp.read() or b"null")
+
+
+def make_index(url: str, index: str) -> None:
+    http("PUT", f"{url}/{index}", {"settings": {"number_of_shards": 1,
+                                                "number_of_replicas": 0}})
+
+
+def count(url: str, index: str) -> int:
+    http("POST", f"{url}/{index}/_refresh")
+    return int(http("GET", f"{url}/{index}/_count")["count"])
+
+
+def run_ship(url: str, index: str, docs: list[bytes], work: Path, bundle_size: int) -> dict:
+    queue = Queue(work / "ship-queue")
+    with queue.batch() as batch:
+        ids = [batch.add(data) for data in docs]
+    os.sync()  # a backlog on disk, as a shipper that was down or slow finds it
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("PIPERS_ES_URL", None)
+    cmd = [sys.executable, "-m", "pipers", "ship", "--queue-in-dir", queue.path,
+           "--es-url", url, "--default-index", index, "--bundle-size", str(bundle_size),
+           "--once", "--log-level", "WARNING"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, timeout=3600)
+    seconds = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise SystemExit(f"pipers ship failed ({done.returncode}):\n{done.stderr.decode()}")
+    left = queue.counts()
+    if left["incoming"] or left["pending"] or left["errors"]:
+        raise SystemExit(f"pipers ship left messages behind: {left}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"seconds": seconds, "cpu_seconds": cpu, "ids": ids}
+
+
+def run_helpers(url: str, index: str, docs: list[bytes], ids: list[str],
+                bundle_size: int) -> dict:
+    from opensearchpy import OpenSearch, helpers
+
+    parsed = [orjson.loads(d) for d in docs]
+    actions = ({"_op_type": "create", "_index": index, "_id": _id, "_source": source}
+               for _id, source in zip(ids, parsed, strict=True))
+    client = OpenSearch(hosts=[url], timeout=120)
+    t0 = time.perf_counter()
+    ok, errors = helpers.bulk(client, actions, chunk_size=bundle_size,
+                              max_chunk_bytes=10 * 1024 * 1024, stats_only=True)
+    seconds = time.perf_counter() - t0
+    client.close()
+    if errors or ok != len(docs):
+        raise SystemExit(f"helpers.bulk: {ok} indexed, {errors} errors")
+    return {"seconds": seconds}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--es-url", required=True, help="the search node, e.g. http://127.0.0.1:9201")
+    p.add_argument("--docs", type=int, default=20_000, help="documents per side")
+    p.add_argument("--results", required=True, help="append one JSON record (a line) here")
+    p.add_argument("--bundle-size", type=int, default=5000, help="documents per bulk request")
+    p.add_argument("--keep", action="store_true", help="keep the two indices afterwards")
+    args = p.parse_args(argv)
+    url = args.es_url.rstrip("/")
+    engine = http("GET", url + "/").get("version", {})
+    stamp = f"{int(time.time())}-{os.getpid()}"
+    ship_index, helpers_index = f"bench-ship-{stamp}", f"bench-helpers-{stamp}"
+    docs = [document(i) for i in range(args.docs)]
+    work = Path(tempfile.mkdtemp(prefix="ship-bench-", dir=os.environ.get("PIPERS_BENCH_TMP")))
+    try:
+        for index in (ship_index, helpers_index):
+            make_index(url, index)
+        ship = run_ship(url, ship_index, docs, work, args.bundle_size)
+        # the same documents under the same ids: the names the queue gave them
+        helpers = run_helpers(url, helpers_index, docs, ship["ids"], args.bundle_size)
+        counts = {"ship": count(url, ship_index), "helpers": count(url, helpers_index)}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if not args.keep:
+            for index in (ship_index, helpers_index):
+                try:
+                    http("DELETE", f"{url}/{index}")
+                except OSError:
+                    pass
+    if counts != {"ship": args.docs, "helpers": args.docs}:
+        raise SystemExit(f"document counts differ from {args.docs}: {counts}")
+    ship_rate = args.docs / ship["seconds"]
+    helpers_rate = args.docs / helpers["seconds"]
+    record = {
+        "bench": "ship",
+        "time": datetime.now(UTC).isoformat(timespec="seconds"),
+        "docs": args.docs,
+        "doc_bytes": round(sum(map(len, docs)) / len(docs)),
+        "bundle_size": args.bundle_size,
+        "engine": f"{engine.get('distribution', 'elasticsearch')} {engine.get('number', '?')}",
+        "ship_seconds": round(ship["seconds"], 3),
+        "ship_cpu_seconds": round(ship["cpu_seconds"], 3),
+        "ship_docs_per_s": round(ship_rate, 1),
+        "helpers_bulk_seconds": round(helpers["seconds"], 3),
+        "helpers_bulk_docs_per_s": round(helpers_rate, 1),
+        "ratio_ship_to_helpers_bulk": round(ship_rate / helpers_rate, 3),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+    }
+    print(f"pipers ship --once: {args.docs} docs in {ship['seconds']:.2f}s = {ship_rate:,.0f} "
+          f"docs/s (process CPU {ship['cpu_seconds']:.2f}s, start-up included)")
+    print(f"helpers.bulk:       {args.docs} docs in {helpers['seconds']:.2f}s = "
+          f"{helpers_rate:,.0f} docs/s")
+    print(f"ratio ship / helpers.bulk = {ship_rate / helpers_rate:.2f}")
+    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.results, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
