@@ -368,8 +368,9 @@ class Link:
 
     # -- publishing ---------------------------------------------------------------------
 
-    def publish(self, items: Iterable[tuple[str, bytes]], timeout: float) -> list[bool]:
-        """Publish (id, body) pairs persistently; True for each the broker confirmed.
+    def publish(self, items: Iterable[tuple[str, bytes] | tuple[str, bytes, dict]],
+                timeout: float) -> list[bool]:
+        """Publish (id, body[, more headers]) persistently; True for each confirmed.
 
         Returns when every message is confirmed or refused, the link dropped, or
         `timeout` passed; an unconfirmed message may still have reached the queue
@@ -379,18 +380,19 @@ class Link:
         if not self.up:
             raise LinkDown(self.error)
         self._results = [None] * len(items)
-        self._batch_ids = [mid for mid, _ in items]
+        self._batch_ids = [item[0] for item in items]
         self._returned = set()
         self._waiting = {}
         now = int(time.time())
-        for i, (mid, body) in enumerate(items):
+        for i, (mid, body, *more) in enumerate(items):
+            headers = {ID_HEADER: mid, **(more[0] if more else {})}
             props = pika.BasicProperties(
                 content_type=CONTENT_TYPE,
                 delivery_mode=pika.DeliveryMode.Persistent,
                 message_id=mid,
                 timestamp=now,
                 app_id=APP_ID,
-                headers={ID_HEADER: mid},
+                headers=headers,
             )
             self._channel.basic_publish("", self.queue, body, props, mandatory=True)
             self._tag += 1
