@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from elastic_transport import TransportError
 
-from .amqp import Backoff, Link, LinkDown
+from .amqp import Backoff, Link, LinkDown, quiet_pika
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..ship.shipper import Ship
@@ -63,6 +63,7 @@ class Failover:
         self.back = Link(urls, queue, prefetch=BACK_BATCH, open_timeout=confirm_timeout)
         self.backoff = Backoff(most=backoff_max)  # the broker's reachability
         self.diverting = False
+        quiet_pika()
         self.next_check = 0.0  # when to look for records to bring back
         self.sent = 0
         self.brought_back = 0

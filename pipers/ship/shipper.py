@@ -119,8 +119,10 @@ class Ship(Piper):
     name = "ship"
 
     def __init__(self, options: Options, client: Callable[[], BulkClient], namer: IndexNamer,
-                 ship: ShipOptions | None = None, clock: Callable[[], float] = time.time):
+                 ship: ShipOptions | None = None, clock: Callable[[], float] = time.time,
+                 failover: Any = None):
         super().__init__(options, clock)
+        self.failover = failover  # pipers.mq.failover.Failover: RabbitMQ during long outages
         self.ship = ship or ShipOptions()
         self.make_client = client
         self.client: BulkClient | None = None
@@ -150,6 +152,10 @@ class Ship(Piper):
     def loop(self, now: float) -> float:
         if now >= self._next_maintenance:
             self.maintain(now)
+        if self.failover is not None:  # divert bundles to RabbitMQ / bring them back
+            wait = self.failover.step(self, now)
+            if wait is not None:
+                return wait
         wait = self.backoff.remaining(now)
         if wait > 0:
             return wait  # dequeuing pauses; arrivals only wake us to go back to sleep
@@ -357,6 +363,8 @@ class Ship(Piper):
         if returned:
             self.log.info("returned %d unsent messages to incoming/", returned)
         self.hand = []
+        if self.failover is not None:
+            self.failover.close()
         self.remover.close()
         if self.client is not None:
             self.client.close()
