@@ -259,3 +259,32 @@ def test_bad_settings_are_one_line_usage_errors(tmp_path, args, env, says):
     assert r.returncode == 2, r.stderr
     err = r.stderr.decode()
     assert says in err and err.startswith("pipers ship: error:") and err.count("\n") == 1
+
+
+# -- the sample configuration ----------------------------------------------------------
+
+SAMPLE_CONFIG = ROOT / "etc" / "pipers.toml"
+
+
+def test_every_section_of_the_sample_config_names_real_flags():
+    import tomllib
+
+    sections = [k for k, v in tomllib.loads(SAMPLE_CONFIG.read_text()).items()
+                if isinstance(v, dict)]
+    assert {"enrich", "ship"} <= set(sections)
+    for command in sections:  # an unknown key in a section is a usage error (exit 2)
+        r = subprocess.run([*PIPERS, command, "--config", str(SAMPLE_CONFIG), "--help"],
+                           capture_output=True, timeout=60, cwd=ROOT,
+                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        assert r.returncode == 0, (command, r.stderr)
+
+
+def test_the_sample_ship_config_loads_its_values(tmp_path):
+    (tmp_path / "pw").write_text("secret\n")
+    (tmp_path / "ca.pem").write_text("")
+    r = _ship(tmp_path, "--config", str(SAMPLE_CONFIG), "--es-password-file",
+              str(tmp_path / "pw"), "--ca-file", str(tmp_path / "ca.pem"), "--log-file",
+              str(tmp_path / "ship.log"), "--once")
+    assert r.returncode == 0, r.stderr
+    log = (tmp_path / "ship.log").read_text()
+    assert "shipping to https://es1.example.org:9200, https://es2.example.org:9200" in log

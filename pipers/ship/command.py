@@ -72,9 +72,21 @@ def split_urls(values: tuple[str, ...]) -> list[str]:
     return [u for v in values for u in re.split(r"[,\s]+", v) if u]
 
 
+def failover_from(urls: tuple[str, ...], queue: str, after: float):
+    """The shipper's RabbitMQ failover (pipers/mq/failover.py), or None."""
+    if not urls:
+        return None
+    from ..mq.failover import Failover  # pika only for shippers that use it
+
+    try:
+        return Failover(urls, queue, after)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+
+
 @click.command("ship", context_settings={"default_map": {"max_attempts": 0}})
 @daemon_options(queue_out="none")
-@click.option("--es-url", "es_urls", multiple=True, envvar="PIPERS_ES_URL",
+@click.option("--es-url", "es_url", multiple=True, envvar="PIPERS_ES_URL",
               default=("http://127.0.0.1:9200",), show_default=True,
               help="A node of the cluster (repeat, or comma-separate, for several); "
                    "env PIPERS_ES_URL.")
@@ -110,9 +122,19 @@ def split_urls(values: tuple[str, ...]) -> list[str]:
               help="First back-off after an outage or refused documents.")
 @click.option("--retry-max-wait", type=DURATION, default=60.0, show_default=True,
               help="Cap of the back-off (it doubles, with jitter, up to this).")
+@click.option("--failover-mq-url", multiple=True, envvar="PIPERS_FAILOVER_MQ_URL",
+              metavar="URL",
+              help="RabbitMQ (amqp://...) to publish bundles to during a long outage "
+                   "(repeat for other brokers); env PIPERS_FAILOVER_MQ_URL.")
+@click.option("--failover-mq-queue", default="pipers-failover", show_default=True,
+              metavar="NAME", help="The durable failover queue.")
+@click.option("--failover-after", type=DURATION, default=300.0, show_default=True,
+              help="Divert to the failover queue once the cluster is unreachable this long.")
 def command(**params):
     """Commit messages of --queue-in-dir to Elasticsearch/OpenSearch _bulk."""
-    urls = split_urls(params.pop("es_urls"))
+    failover = failover_from(params.pop("failover_mq_url"), params.pop("failover_mq_queue"),
+                             params.pop("failover_after"))
+    urls = split_urls(params.pop("es_url"))
     auth = auth_from(params.pop("es_user"), params.pop("es_password_file"),
                      params.pop("es_api_key_file"))
     http = {
@@ -136,6 +158,7 @@ def command(**params):
     if not http["verify"]:
         click.echo("pipers ship: warning: TLS certificates are not verified", err=True)
     raise SystemExit(start(
-        lambda options, own: Ship(options, lambda: BulkClient(urls, **http), namer, ship),
+        lambda options, own: Ship(options, lambda: BulkClient(urls, **http), namer, ship,
+                                  failover=failover),
         params,
     ))
