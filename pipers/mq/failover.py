@@ -166,7 +166,7 @@ class Failover:
 
     def _bring_back(self, ship: Ship, now: float) -> float | None:
         if ship.hand or ship.queue_in.count() >= BACK_BATCH:
-            self.next_check = now + 1.0  # the shipper has work: bring more back later
+            self.next_check = now + 0.2  # the shipper has work: bring more back soon
             return None
         if self.backoff.wait(now) > 0:
             return None
