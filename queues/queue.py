@@ -31,6 +31,7 @@ from .states import (
 from .sync import fsync_dir, syncfs
 
 SCAN_CHUNK = 10_000  # names listed (and sorted) per refill: bounds memory on huge backlogs
+LOST_BEFORE_RELISTING = 16  # claims lost to siblings in a row before listing incoming/ again
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 STALE_TMP_SECONDS = 36 * 3600  # Maildir's rule for abandoned files in tmp/
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
@@ -180,8 +181,10 @@ class Queue:
         A message a sibling took first (ENOENT) is skipped; the caller owns
         every returned claim until it finishes, fails or releases it.
         """
-        refilled = False
+        refilled = relisted = False
         tag = OWNER_SEP + me().tag
+        inc, pend = self.incoming + os.sep, self.pending + os.sep  # joined once, not per name
+        lost = 0  # siblings' wins in a row
         claims: list[Claim] = priority.take(self, limit, tag)  # one failed open() if none
         while len(claims) < limit:
             if not self._candidates:
@@ -196,17 +199,24 @@ class Queue:
                 if self._rename_fresh(name):
                     refilled = False  # list again to find it under its new name
                 continue
-            dst = os.path.join(self.pending, name + tag)
+            dst = pend + name + tag
             try:
-                os.rename(os.path.join(self.incoming, name), dst)
-            except FileNotFoundError:
-                continue  # a sibling won
+                os.rename(inc + name, dst)
+            except FileNotFoundError:  # a sibling won: it works on this part of the listing
+                if not lost:  # go on half-way along ours, so the two seldom meet again
+                    self._candidates.rotate(-(len(self._candidates) // 2))
+                lost += 1
+                if lost >= LOST_BEFORE_RELISTING and not relisted:  # our listing is stale
+                    self._candidates.clear()
+                    refilled, relisted, lost = False, True, 0
+                continue
             except OSError as e:
                 if e.errno != errno.ENAMETOOLONG:
                     raise
                 if self._rename_fresh(name):
                     refilled = False
                 continue
+            lost = 0
             claims.append(Claim(name, dst, regular))
         return claims
 
@@ -405,9 +415,8 @@ class Queue:
             sidecar: dict = {}
             if name + SIDECAR_SUFFIX in present:
                 try:
-                    with open(os.path.join(self.errors, name + SIDECAR_SUFFIX), "rb") as f:
-                        sidecar = orjson.loads(f.read())
-                except (OSError, orjson.JSONDecodeError):
+                    sidecar = _read_own_json(os.path.join(self.errors, name + SIDECAR_SUFFIX))
+                except (OSError, ValueError):
                     sidecar = {"reason": "unreadable-sidecar"}
             yield name, sidecar
 
@@ -433,7 +442,11 @@ class Queue:
     def write_state(self, daemon: str, state: dict) -> None:
         """Record what this process is doing, for `pipers status`."""
         run = os.path.join(self.path, RUN)
-        os.makedirs(run, self.dir_mode, exist_ok=True)
+        try:
+            os.mkdir(run, self.dir_mode)
+            os.chmod(run, self.dir_mode)  # not reduced by the umask (--group-access)
+        except FileExistsError:
+            pass
         body = dict(state, daemon=daemon, pid=os.getpid(), updated=time.time())
         self._write_atomic(run, f"{daemon}{OWNER_SEP}{me().tag}.json", orjson.dumps(body))
 
@@ -455,9 +468,8 @@ class Queue:
                 _unlink_quietly(os.path.join(run, entry))
                 continue
             try:
-                with open(os.path.join(run, entry), "rb") as f:
-                    found.append(orjson.loads(f.read()))
-            except (OSError, orjson.JSONDecodeError):
+                found.append(_read_own_json(os.path.join(run, entry)))
+            except (OSError, ValueError):
                 continue
         return found
 
@@ -539,6 +551,21 @@ class Batch:
         for path in self._written:
             _unlink_quietly(path)
         self._staged, self._written, self._copied_from, self._urgent = [], [], [], []
+
+
+def _read_own_json(path: str, limit: int = 4 * 1024 * 1024) -> dict:
+    """A sidecar or state file: never through a symlink, never blocking on a FIFO."""
+    fd = os.open(path, _OPEN_FLAGS)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+            raise ValueError(f"{path}: not a small regular file")
+        data = orjson.loads(os.read(fd, st.st_size))
+    finally:
+        os.close(fd)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    return data
 
 
 def _text(text: str) -> str:
