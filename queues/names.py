@@ -18,11 +18,17 @@ from .owner import Owner, host_name
 from .states import ATTEMPTS_SEP, OWNER_SEP
 
 _counter = itertools.count()
+_last = 0  # microseconds of this process's last name: each new one is later, so names
+#            made in one microsecond still sort in creation order (the counter is decimal)
 
 
 def new_name(now_ns: int | None = None) -> str:
     """A fresh, unique message name that sorts by creation time."""
-    t = (time.time_ns() if now_ns is None else now_ns) // 1000
+    global _last
+    if now_ns is None:
+        t = _last = max(time.time_ns() // 1000, _last + 1)
+    else:
+        t = now_ns // 1000
     return f"{t:016d}.{os.getpid()}_{next(_counter)}.{host_name()}"
 
 
