@@ -18,6 +18,10 @@ Each document's ``_id`` is its message's name and each action is ``create``,
 so a resend after kill -9 or a replay never makes a second document. On
 SIGTERM a bundle being sent is finished; one not yet sent goes back to
 ``incoming/``.
+
+One bundle is in flight at a time (its request runs on a sender thread) while
+the main thread reads the next one from disk; answers are applied in the main
+thread only. Delivered files are unlinked on a few threads (`Remover`).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from queues import BadMessage, Claim, Reason
 from ..base import Options, Piper
 from .backoff import Backoff
 from .bulk import (
+    Answer,
     BadAnswer,
     BulkClient,
     ItemResult,
@@ -106,6 +111,15 @@ def _unlink_all(paths: list[str]) -> None:
 
 
 @dataclass
+class Flight:
+    """A bundle sent on the sender thread, its answer not yet taken."""
+
+    items: list[Item]
+    payload: bytes
+    future: Future
+
+
+@dataclass
 class ShipOptions:
     bundle_size: int = 5000
     bundle_bytes: int = 10 * 1024 * 1024
@@ -139,6 +153,8 @@ class Ship(Piper):
         self.rejected = 0
         self.remover = Remover()
         self._delivered_paths: list[str] = []
+        self.flight: Flight | None = None  # the bundle whose answer is awaited
+        self._sender: ThreadPoolExecutor | None = None
         if self.ship.archive_dir:
             os.makedirs(self.ship.archive_dir, 0o700, exist_ok=True)
 
@@ -160,7 +176,10 @@ class Ship(Piper):
         if wait > 0:
             return wait  # dequeuing pauses; arrivals only wake us to go back to sleep
         if not self.stopping and self.down_since is None:  # no new claims during an outage
-            self._fill(now)
+            self._fill(now)  # while a bundle is in flight: the next one is read meanwhile
+        if self.flight is not None:
+            self._land(self.clock())
+            return 0.0
         if not self.hand:
             self.drained = True
             self.set_state("idle")
@@ -169,7 +188,7 @@ class Ship(Piper):
         due = self._due(now)
         if due > 0:
             return min(due, max(0.0, self._next_maintenance - now))
-        self._round(now)
+        self._launch(now)
         return 0.0
 
     def _fill(self, now: float) -> None:
@@ -210,16 +229,43 @@ class Ship(Piper):
 
     # -- one send -------------------------------------------------------------------------
 
-    def _round(self, now: float) -> None:
+    def _launch(self, now: float) -> None:
+        """Send the leading bundle of the hand; its answer is taken by `_land`."""
         items = take(self.hand, self.ship.bundle_size, self.byte_limit)
+        del self.hand[: len(items)]
+        self.hand_bytes = sum(item.size for item in self.hand)
+        if not self.hand:
+            self.hand_since = None
+        payload = body(items)
+        if self._sender is None:
+            self._sender = ThreadPoolExecutor(1, thread_name_prefix="pipers-bulk")
+        future = self._sender.submit(self._post, payload)
+        future.add_done_callback(lambda _: self.waker.wake())
+        self.flight = Flight(items, payload, future)
+
+    def _post(self, payload: bytes) -> Answer | Unavailable:
+        try:
+            return self.client.bulk(payload)
+        except Unavailable as e:
+            return e
+
+    def _land(self, now: float) -> None:
+        """Wait for the bundle in flight and settle each of its messages by the answer."""
+        flight, self.flight = self.flight, None
+        self._round(now, flight.items, flight.future.result(), flight.payload)
+
+    def _round(self, now: float, items: list[Item], answer: Answer | Unavailable,
+               payload: bytes) -> None:
         refused: list[ItemResult] = []
         rejected: list[tuple[Item, str]] = []
         try:
-            self._ship(items, refused, rejected)
+            self._ship(items, refused, rejected, answer, payload)
         except Unavailable as e:
+            self._keep(items)
             self._settle(rejected)
             self._outage(now, str(e))
             return
+        self._keep(items)
         self._settle(rejected)
         if self.down_since is not None:
             self.log.warning("search cluster answers again after %.0fs; delivering",
@@ -242,10 +288,17 @@ class Ship(Piper):
             self.set_state("running")
 
     def _ship(self, items: list[Item], refused: list[ItemResult],
-              rejected: list[tuple[Item, str]]) -> None:
-        """Send `items`; finish what the answer settles. Unavailable: no usable answer."""
-        payload = body(items)
-        answer = self.client.bulk(payload)
+              rejected: list[tuple[Item, str]], answer: Answer | Unavailable | None = None,
+              payload: bytes | None = None) -> None:
+        """Finish what the answer to `items` settles (sent now unless given).
+
+        Unavailable: no usable answer; the unfinished items are kept.
+        """
+        if answer is None:
+            payload = body(items)
+            answer = self.client.bulk(payload)
+        if isinstance(answer, Unavailable):
+            raise answer
         if answer.status == 413:
             if len(items) == 1:
                 self._reject(items[0], Reason.TOO_LARGE,
@@ -318,16 +371,22 @@ class Ship(Piper):
 
     def _finish(self, item: Item) -> None:
         item.finished = True
-        self.hand_bytes -= item.size
+
+    def _keep(self, items: list[Item]) -> None:
+        """Unfinished items of a bundle go back to the front of the hand (sent first)."""
+        back = [item for item in items if not item.finished]
+        if back:
+            self.hand[:0] = back
+            self.hand_since = min(self.hand_since or self.clock(), self.clock())
 
     def _settle(self, rejected: list[tuple[Item, str]]) -> None:
         """Drop finished items from the hand; one log line for what went to errors/."""
         self.remover.remove(self._delivered_paths)
         self._delivered_paths = []
         self.hand = [item for item in self.hand if not item.finished]
+        self.hand_bytes = sum(item.size for item in self.hand)
         if not self.hand:
             self.hand_since = None
-            self.hand_bytes = 0
         if rejected:
             item, summary = rejected[0]
             more = f" and {len(rejected) - 1} more" if len(rejected) > 1 else ""
@@ -350,7 +409,12 @@ class Ship(Piper):
     # -- stopping ---------------------------------------------------------------------------
 
     def shutdown(self) -> None:
-        """A bundle not (fully) acknowledged goes back to incoming/ for the next run."""
+        """The bundle in flight is finished; what was not sent goes back to incoming/."""
+        if self.flight is not None:
+            self._land(self.clock())
+        if self._sender is not None:
+            self._sender.shutdown(wait=True)
+            self._sender = None
         returned = 0
         for item in self.hand:
             if item.finished:
