@@ -28,9 +28,14 @@ def doc_id(message_id: str) -> str:
     The name is the message's id for its whole life (transforms keep it), so a
     resend after a crash or a replay creates no second document.
     """
-    if len(message_id.encode()) <= MAX_ID_BYTES:
-        return message_id
-    return "sha256-" + hashlib.sha256(message_id.encode()).hexdigest()
+    try:
+        raw = message_id.encode()
+    except UnicodeEncodeError:  # a file name need not be UTF-8: its own bytes are hashed
+        raw = os.fsencode(message_id)
+    else:
+        if len(raw) <= MAX_ID_BYTES:
+            return message_id
+    return "sha256-" + hashlib.sha256(raw).hexdigest()
 
 
 @dataclass(eq=False)

@@ -45,7 +45,7 @@ class Drop:
         return self.expect
 
 
-def _write(data: bytes) -> Callable[[bytes], None]:
+def write_file(data: bytes) -> Callable[[bytes], None]:
     def make(path: bytes) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -59,7 +59,7 @@ def _write(data: bytes) -> Callable[[bytes], None]:
 
 def _regular(name: bytes, kind: str, data: bytes, expect: str = INVALID_JSON,
              **kw) -> Drop:
-    return Drop(name, kind, _write(data), data, expect, **kw)
+    return Drop(name, kind, write_file(data), data, expect, **kw)
 
 
 def _symlink(target: bytes) -> Callable[[bytes], None]:
@@ -68,7 +68,7 @@ def _symlink(target: bytes) -> Callable[[bytes], None]:
 
 def _mkdir_with_file(path: bytes) -> None:
     os.mkdir(path, 0o700)
-    _write(b'{"inside": "a directory"}')(path + b"/message")
+    write_file(b'{"inside": "a directory"}')(path + b"/message")
 
 
 def _node(mode: int, device: int = 0) -> Callable[[bytes], None]:

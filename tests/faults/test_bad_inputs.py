@@ -10,17 +10,21 @@ from collections import Counter
 import orjson
 import pytest
 
+from pipers.ship.bundle import doc_id
 from queues import Queue
 from tests.faults.inputs import (
     BIG,
     EXCEPTION,
     NOT_REGULAR,
     OUT,
+    Drop,
     bad_inputs,
     drop,
     good_inputs,
     listing,
+    write_file,
 )
+from tests.faults.search import create_index, indexed, unique_index
 from tests.helpers import files, wait_for
 
 
@@ -183,3 +187,77 @@ def test_the_same_directory_name_dropped_twice_keeps_both_and_the_daemon_up(tmp_
     kept = sorted(open(os.path.join(qin.errors, n, "inside")).read() for n in files(qin.errors))
     assert kept == ["1", "2"]
     assert all(s["reason"] == "not-a-regular-file" for _, s in qin.error_entries())
+
+
+def _refused_by_the_index() -> list[Drop]:
+    """JSON objects the search engine refuses for good (400): mapping, metadata, limits."""
+    out = []
+    for i in range(40):
+        out.append(_doc(f"mapping-{i}", {"value": f"not a number {i}"}))
+        out.append(_doc(f"mixed-{i}", {"value": [i, f"text {i}"]}))
+    for i in range(10):
+        out.append(_doc(f"meta-id-{i}", {"_id": f"x{i}"}))
+        out.append(_doc(f"meta-index-{i}", {"_index": f"elsewhere-{i}", "i": i}))
+        out.append(_doc(f"empty-key-{i}", {"": i}))
+    for i in range(5):
+        deep: dict = {"leaf": i}
+        for _ in range(30):  # over index.mapping.depth.limit (20)
+            deep = {"d": deep}
+        out.append(_doc(f"depth-{i}", deep))
+        out.append(_doc(f"fields-{i}", {f"f{i}_{k}": k for k in range(1100)}))  # over 1000
+    return out
+
+
+def _doc(name: str, body: dict) -> Drop:
+    data = orjson.dumps(body)
+    return Drop(name.encode(), "refused by the index", write_file(data), data, "rejected")
+
+
+def _ship_outcome(d: Drop) -> str:
+    """Where a dropped input ends under the shipper (it needs JSON objects)."""
+    if d.object_only:
+        return "rejected" if isinstance(orjson.loads(d.content), dict) else "invalid-message"
+    return d.expect
+
+
+def test_a_thousand_bad_inputs_into_a_running_shipper(tmp_path, daemons, search_node):
+    index = unique_index("bad-inputs")
+    create_index(search_node, index)
+    q = Queue(tmp_path / "ship")
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    outside = tmp_path / "outside.json"
+    outside.write_bytes(b'{"outside": 1}')
+    p = daemons.start("ship", "--queue-in-dir", q.path, "--es-url", search_node.url,
+                      "--default-index", index, "--flush-interval", "0.2",
+                      "--queue-in-wait", "1")
+    wait_for(lambda: "started on" in daemons.log(p), what="shipper start")
+    refused = _refused_by_the_index()
+    bad = refused + bad_inputs(outside, n=1000 - len(refused))
+    good = good_inputs(300, tag="shipped")
+    assert len(bad) == 1000 and len({d.name for d in bad + good}) == 1300
+    for i, d in enumerate(bad):
+        drop(stage, q.incoming, d)
+        if i % 3 == 0 and i // 3 < len(good):
+            drop(stage, q.incoming, good[i // 3])
+    to_errors = [d for d in bad if _ship_outcome(d) != OUT]
+    wait_for(lambda: p.poll() is not None or (
+        len(list(listing(q.errors))) >= len(to_errors)
+        and indexed(search_node, index) >= len(good)),
+        timeout=180, interval=0.5, what="every input sorted out by the shipper")
+    assert p.poll() is None, "the shipper must stay up"
+    wait_for(lambda: not files(q.incoming) and not files(q.pending), what="an empty queue")
+    assert len(list(listing(q.errors))) == len(to_errors)
+    ids = search_node.search_ids(index)
+    assert len(ids) == len(good)
+    assert set(ids) == {doc_id(os.fsdecode(d.name)) for d in good}
+    for d in to_errors:
+        if not d.renamed:
+            side = _sidecar(q, d.name)
+            assert side["reason"] == _ship_outcome(d), (d.name, d.kind, side)
+            if side["reason"] == "rejected":
+                assert side["detail"]["status"] == 400 and side["detail"]["error"]["type"]
+    report = orjson.loads(daemons.run("status", "--json", q.path).stdout)
+    assert report["errors_by_reason"] == dict(Counter(_ship_outcome(d) for d in to_errors))
+    assert outside.read_bytes() == b'{"outside": 1}'
+    assert "Traceback" not in daemons.log(p)
