@@ -46,12 +46,16 @@ class Options:
     queue_in_wait: float = 10.0
     durability: str = "none"
     max_attempts: int = 5
-    batch_size: int = 100
+    batch_size: int | None = None  # None: 100, or 500 with fsync (two flushes per batch)
     once: bool = False
     group_access: bool = False
     max_message_bytes: int = 16 * 1024 * 1024
     tmp_max_age: float = 36 * 3600.0
     journal_dir: str | None = None  # note messages whose life ends here (collect cleanup)
+
+    def __post_init__(self) -> None:
+        if self.batch_size is None:
+            self.batch_size = 500 if self.durability == "fsync" else 100
 
     def queue(self, path: str) -> Queue:
         return Queue(
@@ -323,7 +327,7 @@ class Piper(Daemon):
                 pass
 
     def _one(self, claim: Claim, batches: dict[str, Batch]) -> bool:
-        """Process one claim; True if it is finished once the batches commit."""
+        """Process one claim; True if its file is to be removed once the batches commit."""
         try:
             data = self.queue_in.read(claim)
             try:
@@ -345,7 +349,7 @@ class Piper(Daemon):
             queue = outputs[0][0]
             batch = batches.get(queue.path) or batches.setdefault(queue.path, queue.batch())
             batch.add_move(claim.path, claim.id, self.queue_in.dev, urgent=claim.urgent)
-            return True
+            return False  # the commit moves (or copies and removes) the file itself
         for i, (queue, data) in enumerate(outputs):
             batch = batches.get(queue.path) or batches.setdefault(queue.path, queue.batch())
             batch.add(data, claim.id if len(outputs) == 1 else child_name(claim.id, i),

@@ -118,8 +118,9 @@ def daemon_options(*, queue_in: bool = True, queue_out: str = "optional") -> Cal
                 click.option("--max-attempts", type=click.IntRange(0), default=5,
                              show_default=True,
                              help="Crashes while holding a message before it is poison."),
-                click.option("--batch-size", type=click.IntRange(1), default=100,
-                             show_default=True, help="Messages claimed and committed together."),
+                click.option("--batch-size", type=click.IntRange(1), default=None,
+                             help="Messages claimed and committed together "
+                                  "[default: 100; 500 with --durability fsync]."),
                 click.option("--once", is_flag=True, help="Drain the queue, then exit."),
                 click.option("--max-message-bytes", type=click.IntRange(1),
                              default=16 * 1024 * 1024, show_default=True),
