@@ -1,0 +1,1 @@
+"""Benchmarks of Pipers against bare loops and peer queues (see docs/bench.md)."""

@@ -1,0 +1,234 @@
+"""`pipers pass` as real processes: throughput, scaling, backlog, latency, idle CPU.
+
+Every daemon is started with ``python -m pipers pass`` exactly as an operator
+would. Times come from the daemon's own state file (``run/*.json``, written
+atomically with the time of every change of state), so the measuring process
+polls little and interferes little.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+from queues import Queue
+
+from .common import (
+    cpu_seconds,
+    make_queue_dirs,
+    median,
+    nonempty,
+    percentile,
+    prefill,
+    remove,
+    rss_kb,
+    settle,
+    start_pass,
+    state_of,
+    states,
+    stop,
+    wait_for,
+)
+
+
+def _wait_state(queue: str, pid: int, state: str, after: float, timeout: float,
+                proc: subprocess.Popen | None = None) -> dict:
+    def ready():
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"daemon {pid} exited with {proc.returncode}")
+        s = state_of(queue, pid)
+        return s if s and s["state"] == state and s["updated"] >= after else None
+
+    return wait_for(ready, timeout, 0.01, f"daemon {pid} to be {state}")
+
+
+def pass_hop(work: str, n: int, durability: str = "none", instances: int = 1,
+             log: str = "/dev/null", extra: tuple[str, ...] = (),
+             tree: str | None = None) -> float:
+    """Messages per second of `instances` pass daemons draining `n` pre-filled messages.
+
+    From the first instance's start of work (state 'running', written before it
+    opens its watch and lists the queue) to the last one's 'idle'.
+    """
+    qin, qout = make_queue_dirs(os.path.join(work, "hop-in")), os.path.join(work, "hop-out")
+    make_queue_dirs(qout)
+    procs = []
+    try:
+        prefill(os.path.join(qin, "incoming"), n)
+        settle()
+        t_start = time.time()
+        procs = [start_pass(qin, qout, log=log, durability=durability, tree=tree,
+                            extra=("--queue-out-limit", str(2 * n + 1000), *extra))
+                 for _ in range(instances)]
+        running = {}
+
+        def all_started():
+            for p in procs:
+                s = state_of(qin, p.pid)
+                if s and p.pid not in running:
+                    running[p.pid] = s
+                if p.poll() is not None:
+                    raise RuntimeError(f"pass exited with {p.returncode}")
+            return len(running) == len(procs)
+
+        wait_for(all_started, 60, 0.002, "the daemons to start")
+        t0 = min(s["updated"] for s in running.values())
+
+        def drained():
+            if nonempty(os.path.join(qin, "incoming")) or nonempty(os.path.join(qin, "pending")):
+                return None
+            return None if any(
+                (s := state_of(qin, p.pid)) is None or s["state"] != "idle" for p in procs
+            ) else True
+
+        if "--once" in extra:  # no state left behind: the time they exit
+            wait_for(lambda: all(p.poll() is not None for p in procs), 600, 0.005, "exit")
+            t1 = time.time()
+        else:
+            wait_for(drained, 600, 0.02, "the queue to drain")
+            t1 = max(state_of(qin, p.pid)["updated"] for p in procs)
+        got = len(os.listdir(os.path.join(qout, "incoming")))
+        if got != n:
+            raise RuntimeError(f"{got} of {n} messages arrived")
+        assert t0 >= t_start - 1
+        return n / (t1 - t0)
+    finally:
+        stop(procs)
+        remove(qin)
+        remove(qout)
+
+
+def backlog(work: str, small: int, big: int, window: int, repeats: int = 5,
+            log: str = "/dev/null") -> dict[str, float]:
+    """A daemon on a huge backlog against one on a small one.
+
+    * small: `repeats` times, a stopped idle daemon (SIGSTOP) gets `small`
+      messages and is continued; rate = small / (continue -> idle);
+    * big: `big` messages pre-filled, a daemon started: start-up = spawn -> first
+      message claimed; rate over the first `window` messages (it stops itself
+      at --queue-out-limit `window`: state 'waiting'); resident memory (peak).
+    """
+    import signal
+
+    out: dict[str, float] = {}
+    qin, qout = make_queue_dirs(os.path.join(work, "bl-in")), os.path.join(work, "bl-out")
+    make_queue_dirs(qout)
+    proc = None
+    try:
+        proc = start_pass(qin, qout, log=log, extra=("--queue-out-limit", "0"))
+        _wait_state(qin, proc.pid, "idle", 0, 60, proc)
+        rates = []
+        for i in range(repeats):
+            proc.send_signal(signal.SIGSTOP)
+            prefill(os.path.join(qin, "incoming"), small, start=i * small)
+            settle()
+            t0 = time.time()
+            proc.send_signal(signal.SIGCONT)
+            s = _wait_state(qin, proc.pid, "idle", t0, 60, proc)
+            wait_for(lambda: not nonempty(os.path.join(qin, "incoming")), 60, 0.01)
+            rates.append(small / (s["updated"] - t0))
+        out["small_rate"] = median(rates)
+    finally:
+        stop([proc] if proc else [])
+        remove(qin)
+        remove(qout)
+
+    qin, qout = make_queue_dirs(os.path.join(work, "bl-in")), os.path.join(work, "bl-out")
+    make_queue_dirs(qout)
+    proc = None
+    try:
+        prefill(os.path.join(qin, "incoming"), big)
+        settle()
+        spawned = time.time()
+        proc = start_pass(qin, qout, log=log, extra=("--queue-out-limit", str(window)))
+        pending = os.path.join(qin, "pending")
+        outgoing = os.path.join(qout, "incoming")
+        wait_for(lambda: nonempty(pending) or nonempty(outgoing), 60, 0.001, "first message")
+        first = time.time()
+        out["startup_s"] = first - spawned
+        s = _wait_state(qin, proc.pid, "waiting", spawned, 600, proc)
+        mem = rss_kb(proc.pid)
+        out["big_rate"] = window / (s["updated"] - first)
+        out["rss_mb"] = mem["VmRSS"] / 1024
+        out["peak_rss_mb"] = mem["VmHWM"] / 1024
+        out["big"] = big
+    finally:
+        stop([proc] if proc else [])
+    remove(qin)
+    remove(qout)
+    return out
+
+
+def latency(work: str, hops: int = 3, samples: int = 300, gap: float = 0.02,
+            idle_seconds: float = 10.0, log: str = "/dev/null",
+            ship_url: str | None = None) -> dict[str, float]:
+    """Idle pipeline: put -> `hops` pass daemons -> (ship) ; then idle CPU.
+
+    Without `ship_url` a message is done when it lands in the last hop's output
+    queue; with it, a `pipers ship` (its default flags) consumes that queue and a
+    message is done when it has left the ship queue (the shipper removes it only
+    once the search node acknowledged it), checked by a real-time GET afterwards.
+    """
+    from .common import start_daemon
+
+    qs = [make_queue_dirs(os.path.join(work, f"lat-{i}")) for i in range(hops + 1)]
+    procs = []
+    try:
+        procs = [start_pass(qs[i], qs[i + 1], log=log) for i in range(hops)]
+        if ship_url:
+            procs.append(start_daemon("ship", "--queue-in-dir", qs[-1], "--es-url", ship_url,
+                                      "--default-index", "bench-latency", "--log-level",
+                                      "WARNING", log=log))
+        for p, q in zip(procs, qs, strict=False):
+            _wait_state(q, p.pid, "idle", 0, 120, p)
+        time.sleep(0.5)
+        put = Queue(qs[0])
+        last_in, last_pending = os.path.join(qs[-1], "incoming"), os.path.join(qs[-1], "pending")
+        lat = []
+        name = ""
+        for i in range(samples):
+            t0 = time.perf_counter()
+            name = put.put(b'{"seq": %d, "latency": "probe"}' % i)
+            target = os.path.join(last_in, name)
+            if ship_url:
+                seen = False
+                while True:
+                    here = os.path.exists(target) or any(
+                        n.startswith(name) for n in os.listdir(last_pending))
+                    seen = seen or here
+                    if seen and not here:
+                        break
+                    time.sleep(0.0005)
+            else:
+                while not os.path.exists(target):
+                    time.sleep(0.0005)
+            lat.append(time.perf_counter() - t0)
+            if not ship_url:
+                os.unlink(target)
+            time.sleep(gap)
+        out = {"p50_ms": percentile(lat, 50) * 1000, "p99_ms": percentile(lat, 99) * 1000,
+               "max_ms": max(lat) * 1000, "samples": samples}
+        if ship_url:
+            from pipers.ship.bundle import doc_id
+            from search.node import SearchClient
+
+            out["last_doc_found"] = SearchClient(ship_url).get_doc(
+                "bench-latency", doc_id(name)) is not None
+        if idle_seconds > 0:
+            time.sleep(1.0)
+            before = [cpu_seconds(p.pid) for p in procs]
+            t0 = time.monotonic()
+            time.sleep(idle_seconds)
+            used = [cpu_seconds(p.pid) - b for p, b in zip(procs, before, strict=True)]
+            elapsed = time.monotonic() - t0
+            out["idle_cpu_pct"] = max(used) / elapsed * 100
+            out["idle_seconds"] = elapsed
+        return out
+    finally:
+        stop(procs)
+        for q in qs:
+            remove(q)
+
+
+__all__ = ["pass_hop", "backlog", "latency", "states"]
