@@ -1,8 +1,9 @@
 """Chaos: messages go put -> enrich -> ship -> index while every daemon is SIGKILLed at
 random moments and restarted. At the end: index + errors/ = input, no duplicates.
 
-The size is ``PIPERS_CHAOS_MESSAGES`` (``make test-faults-full`` runs 100,000); the
-random schedule is ``PIPERS_CHAOS_SEED`` (printed on failure to replay a run).
+The size is ``PIPERS_CHAOS_MESSAGES`` (100,000: about 3.5 minutes on the 2-core test
+machine; ``make test-faults-quick`` runs 20,000); the random schedule is
+``PIPERS_CHAOS_SEED`` (printed on failure, to replay a run).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from queues import Queue
 from tests.faults.search import create_index, indexed, seqs, unique_index
 from tests.helpers import files, wait_for
 
-MESSAGES = int(os.environ.get("PIPERS_CHAOS_MESSAGES", "20000"))
+MESSAGES = int(os.environ.get("PIPERS_CHAOS_MESSAGES", "100000"))
 SEED = int(os.environ.get("PIPERS_CHAOS_SEED") or random.SystemRandom().randrange(1 << 32))
 BAD_EVERY = 97  # these carry text where the index wants a number: refused, errors/
 CHUNK = 5000  # messages per `pipers put`
