@@ -172,6 +172,8 @@ class Ship(Piper):
             wait = self.failover.step(self, now)
             if wait is not None:
                 return wait
+        if now < self._paused_until:  # errors/ could not be written (disk full)
+            return self._paused_until - now
         wait = self.backoff.remaining(now)
         if wait > 0:
             return wait  # dequeuing pauses; arrivals only wake us to go back to sleep
@@ -366,6 +368,9 @@ class Ship(Piper):
             if e.errno not in _FULL_ERRNOS:
                 raise
             self.queue_in.release(item.claim)  # no room even for the reason: keep it
+            self.set_state("waiting", f"cannot write to errors/: {e.strerror} "
+                           f"({self.queue_in.errors})")
+            self._paused_until = self.clock() + self.options.queue_out_wait
         self._finish(item)
         self.rejected += 1
 
