@@ -94,3 +94,36 @@ def test_413_splits_the_bundle_and_a_document_too_large_alone_goes_to_errors(
         side = orjson.loads(f.read())
     assert side["reason"] == "too-large" and side["detail"]["status"] == 413
     assert files(q.incoming) == files(q.pending) == []
+
+
+def test_one_node_of_three_killed_mid_run_the_others_take_the_bundles(
+        tmp_path, daemons, search_node_factory):
+    cluster = search_node_factory(nodes=3, heap="512m")
+    index = unique_index("failover")
+    cluster.request("PUT", f"/{index}", {"settings": {"number_of_shards": 3,
+                                                      "number_of_replicas": 1}})
+    cluster.request("GET", f"/_cluster/health/{index}?wait_for_status=green&timeout=60s")
+    q = Queue(tmp_path / "ship")
+    ship = daemons.start(
+        "ship", "--queue-in-dir", q.path, "--es-url", ",".join(cluster.urls),
+        "--default-index", index, "--bundle-size", "500", "--flush-interval", "0.2",
+        "--request-timeout", "10", "--retry-max-wait", "2",
+    )
+    feeder = Feeder(q, messages(5000), chunk=250, pause=0.25)
+    feeder.start()
+    try:
+        before = wait_for(lambda: indexed(cluster, index) >= 500 and indexed(cluster, index),
+                          timeout=120, interval=0.1, what="the run to be under way")
+        cluster.kill(node=3)  # a crash: its primaries' replicas take over
+        assert before < 5000 and not feeder.names[4999:], "the kill came after the run"
+    finally:
+        feeder.join()
+    # helpers talk to node 1, which lives on
+    wait_for(lambda: indexed(cluster, index) >= 5000, timeout=180, interval=0.5,
+             what="all documents through the surviving nodes")
+    wait_for(lambda: not files(q.pending) and not files(q.incoming), what="an empty queue")
+    ids = cluster.search_ids(index)
+    assert len(ids) == 5000 and set(ids) == set(feeder.names)
+    assert files(q.errors) == []
+    ship.send_signal(signal.SIGTERM)
+    assert ship.wait(30) == 0

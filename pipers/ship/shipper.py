@@ -214,6 +214,9 @@ class Ship(Piper):
             except BadMessage as e:
                 self.fail(claim, e.reason, str(e))
                 continue
+            except FileNotFoundError:  # taken out of pending/ by hand: nothing to send
+                self.log.warning("%s vanished from pending/ before it was sent", claim.name)
+                continue
             if not self.hand:
                 self.hand_since = now
             self.hand.append(item)
@@ -342,21 +345,29 @@ class Ship(Piper):
         claim = item.claim
         try:
             if self.ship.archive_dir:
-                dst = os.path.join(self.ship.archive_dir, claim.id)
-                try:
-                    os.rename(claim.path, dst)
-                except OSError as e:
-                    if e.errno != errno.EXDEV:
-                        raise
-                    shutil.copy2(claim.path, dst + ".part")
-                    os.rename(dst + ".part", dst)
-                    os.unlink(claim.path)
+                self._archive(claim)
             else:
                 self._delivered_paths.append(claim.path)
         except FileNotFoundError:
             pass
         self._finish(item)
         self.delivered += 1
+
+    def _archive(self, claim: Claim) -> None:
+        dst = os.path.join(self.ship.archive_dir, claim.id)
+        try:
+            os.rename(claim.path, dst)
+        except FileNotFoundError:
+            if not os.path.lexists(claim.path):
+                raise
+            os.makedirs(self.ship.archive_dir, 0o700, exist_ok=True)  # removed meanwhile
+            os.rename(claim.path, dst)
+        except OSError as e:
+            if e.errno != errno.EXDEV:
+                raise
+            shutil.copy2(claim.path, dst + ".part")
+            os.rename(dst + ".part", dst)
+            os.unlink(claim.path)
 
     def _reject(self, item: Item, reason: Reason, message: str, detail: Any) -> None:
         """Refused for good: errors/ with the engine's answer in the sidecar."""
