@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import shutil
 import signal
@@ -41,6 +42,8 @@ from pathlib import Path
 
 import pika
 import pytest
+
+logging.getLogger("pika").setLevel(logging.CRITICAL)  # refused connects while it boots
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = Path(os.environ.get("PIPERS_BUILD", "build"))
@@ -226,7 +229,7 @@ class Broker:
             return False
         return True
 
-    def stop(self, timeout: float = 60.0) -> None:
+    def stop(self, timeout: float = 30.0) -> None:
         """A clean shutdown (SIGTERM to the Erlang VM): persistent messages stay."""
         pid = self._beam_pid()
         if pid is not None:
@@ -365,6 +368,11 @@ def rabbitmq():
         raise
     yield broker
     broker.close()
+    last = RABBITMQ_BUILD / "last-test-logs"  # kept for a look after a failed run
+    shutil.rmtree(last, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        shutil.copytree(base / "log", last)
+        shutil.copy(base / "server.out", last)
     shutil.rmtree(base, ignore_errors=True)
 
 

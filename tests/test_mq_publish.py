@@ -125,3 +125,16 @@ def test_broker_restart_mid_run_loses_nothing(tmp_path, daemons, rabbitmq, mq_qu
     assert "broker unreachable" in daemons.log(p)
     ids = [props.message_id for props, _ in rabbitmq.get_all(mq_queue)]
     assert set(ids) == set(made)
+
+
+def test_several_brokers_are_tried_in_turn(tmp_path, daemons, rabbitmq, mq_queue):
+    q = Queue(tmp_path / "q")
+    made = fill(q, 20)
+    dead = f"amqp://guest:guest@127.0.0.1:{rabbitmq_fixture.free_ports(1)[0]}/%2F"
+    p = publisher(daemons, q, dead, mq_queue, "--mq-url", rabbitmq.url, "--once")
+    assert p.wait(60) == 0, daemons.log(p)  # --once gives up only when all brokers failed
+    log = daemons.log(p)
+    assert log.index(f"broker unreachable: {dead.replace(':guest@', ':***@')}: "
+                     "ConnectionRefusedError") < log.index(f"connected to amqp://guest:***@"
+                                                           f"127.0.0.1:{rabbitmq.port}/")
+    assert sorted(props.message_id for props, _ in rabbitmq.get_all(mq_queue)) == sorted(made)

@@ -117,6 +117,19 @@ class Backoff:
         return max(0.0, self.until - now)
 
 
+def next_try(link: Link, backoff: Backoff, now: float) -> tuple[float, bool]:
+    """After a failed `Link.open`: (seconds to wait, did every URL fail this round).
+
+    With several --mq-url the next broker is tried at once; the back-off applies
+    once all of them failed.
+    """
+    backoff.failed(now)
+    if backoff.failures % len(link.urls):
+        backoff.until = now
+        return 0.0, False
+    return backoff.wait(now), True
+
+
 @dataclass
 class Delivery:
     """One message the broker handed to a consumer, not yet acknowledged."""
@@ -463,8 +476,18 @@ def _describe(error: BaseException | None) -> str:
         return f"closed by the broker: {error.reply_code} {error.reply_text}"
     if isinstance(error, pika.exceptions.ConnectionClosedByClient):
         return "closed"
-    text = str(error) or type(error).__name__
-    return f"{type(error).__name__}: {text}" if type(error).__name__ not in text else text
+    for _ in range(5):  # pika wraps the cause: connect workflow -> connector -> OSError
+        inner = getattr(error, "exception", None)
+        if inner is None:
+            inner = getattr(error, "exceptions", None) or error.args
+            inner = inner[-1] if inner else None
+        if not isinstance(inner, BaseException):
+            break
+        error = inner
+    if isinstance(error, OSError) and error.strerror:
+        return f"{type(error).__name__}: {error.strerror}"
+    text = str(error.args[0]) if error.args else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def quiet_pika(level: int = logging.CRITICAL) -> None:

@@ -21,7 +21,7 @@ import click
 from ..base import Daemon, Options
 from ..options import DURATION, daemon_options
 from ..runner import start
-from .amqp import Backoff, Link, LinkDown, quiet_pika
+from .amqp import Backoff, Link, LinkDown, next_try, quiet_pika
 
 IDLE_TICK = 5.0  # longest sleep inside the broker connection before the loop looks around
 ONCE_IDLE = 1.0  # --once: this long without a delivery means the queue is drained
@@ -109,10 +109,10 @@ class MqConsume(Daemon):
         return self._write(want)
 
     def _unreachable(self, now: float, why: str) -> float:
-        delay = self.backoff.failed(now)
+        delay, all_failed = next_try(self.link, self.backoff, now)
         self.set_state("waiting", f"broker unreachable: {why}", url=self.link.url)
         self.log.debug("next try in %.1fs", delay)
-        if self.options.once:
+        if self.options.once and all_failed:
             self.log.error("--once: giving up, the broker is unreachable")
             self.exit_code = 1
             self.stop()

@@ -98,10 +98,12 @@ class Failover:
             self.back.close()  # hold no deliveries while we are the ones sending
             log.warning("search cluster unreachable for %.0fs: bundles go to RabbitMQ queue %r",
                         now - ship.down_since, self.queue)
+        if getattr(ship, "flight", None) is not None:
+            return None  # a bundle's answer is awaited: the shipper takes it first
         if ship.backoff.remaining(now) == 0:  # the shipper's schedule says: try the cluster
-            if ship.hand or ship.queue_in.count():
+            if ship.hand:
                 return None  # with a real bundle (an outage brings us back here)
-            if self._cluster_answers(ship):
+            if self._cluster_answers(ship):  # nothing in hand (no claims during an outage)
                 ship.log.warning("search cluster answers again after %.0fs",
                                  now - ship.down_since)
                 ship.down_since = None

@@ -23,7 +23,7 @@ from queues import BadMessage, Claim, Reason
 from ..base import Options, Piper
 from ..options import DURATION, daemon_options
 from ..runner import start
-from .amqp import Backoff, Link, LinkDown, quiet_pika
+from .amqp import Backoff, Link, LinkDown, next_try, quiet_pika
 
 IDLE_TICK = 5.0  # an idle daemon still looks at its connection (heartbeats) this often
 
@@ -78,10 +78,10 @@ class MqPublish(Piper):
         return min(super().loop(now), IDLE_TICK)
 
     def _unreachable(self, now: float, why: str) -> float:
-        delay = self.backoff.failed(now)
+        delay, all_failed = next_try(self.link, self.backoff, now)
         self.set_state("waiting", f"broker unreachable: {why}", url=self.link.url)
         self.log.debug("next try in %.1fs", delay)
-        if self.options.once:
+        if self.options.once and all_failed:
             self.log.error("--once: giving up; the messages stay in %s", self.queue_in.path)
             self.exit_code = 1
             self.stop()
