@@ -88,8 +88,10 @@ def test_every_daemon_sigkilled_at_random_loses_and_duplicates_nothing(
         return indexed(search_node, index) + qe.count("errors") + qs.count("errors")
 
     rng = random.Random(SEED)
+    deadline = time.monotonic() + 1800
     try:
         while feeder.is_alive() or accounted() < MESSAGES * 0.9:
+            assert time.monotonic() < deadline, f"the pipeline stalled under chaos ({what})"
             time.sleep(rng.uniform(0.05, 1.0))
             slot = rng.choice(slots)
             slot.proc.send_signal(signal.SIGKILL)
