@@ -180,7 +180,7 @@ class Ship(Piper):
         if not self.stopping and self.down_since is None:  # no new claims during an outage
             self._fill(now)  # while a bundle is in flight: the next one is read meanwhile
         if self.flight is not None:
-            self._land(self.clock())
+            self._land()
             return 0.0
         if not self.hand:
             self.drained = True
@@ -254,10 +254,11 @@ class Ship(Piper):
         except Unavailable as e:
             return e
 
-    def _land(self, now: float) -> None:
+    def _land(self) -> None:
         """Wait for the bundle in flight and settle each of its messages by the answer."""
         flight, self.flight = self.flight, None
-        self._round(now, flight.items, flight.future.result(), flight.payload)
+        answer = flight.future.result()
+        self._round(self.clock(), flight.items, answer, flight.payload)
 
     def _round(self, now: float, items: list[Item], answer: Answer | Unavailable,
                payload: bytes) -> None:
@@ -427,7 +428,7 @@ class Ship(Piper):
     def shutdown(self) -> None:
         """The bundle in flight is finished; what was not sent goes back to incoming/."""
         if self.flight is not None:
-            self._land(self.clock())
+            self._land()
         if self._sender is not None:
             self._sender.shutdown(wait=True)
             self._sender = None
