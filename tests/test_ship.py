@@ -14,7 +14,7 @@ import time
 import orjson
 import pytest
 
-from queues import Queue
+from queues import Queue, journal
 from tests.helpers import files, wait_for
 from tests.ship_helpers import indexed, messages, unique_index, waiting_because
 
@@ -103,9 +103,12 @@ def test_a_document_that_breaks_the_mapping_goes_to_errors_and_replays_after_a_f
     (bad_index,) = q.put_many([b'{"value": 5, "target": "Has,Comma"}'])
     more = q.put_many([orjson.dumps({"value": i}) for i in range(30, 40)])
     args = ship_args(search_node, q, "--index-template", "{target}", "--default-index", index)
-    r = daemons.run(*args, "--once")
+    journal_dir = tmp_path / "journal"
+    r = daemons.run(*args, "--once", "--journal-dir", str(journal_dir))
     assert r.returncode == 0, r.stderr
     assert indexed(search_node, index) == 40  # the others of the same bundle are indexed
+    notes = {name: st for _, ns in journal.read(journal_dir) for st, name in ns}  # for collect
+    assert notes == {**{name: "ok" for name in good + more}, bad: "failed", bad_index: "failed"}
     assert set(search_node.search_ids(index)) == set(good + more)
     assert files(q.errors) == sorted([bad, bad_index])
     mapping = sidecar(q, bad)

@@ -221,6 +221,8 @@ class Ship(Piper):
                 self.hand_since = now
             self.hand.append(item)
             self.hand_bytes += item.size
+        if self.journal is not None:
+            self.journal.flush()  # notes of messages that failed here (not JSON objects)
         return 0.0
 
     def _due(self, now: float) -> float:
@@ -351,6 +353,8 @@ class Ship(Piper):
                 self._delivered_paths.append(claim.path)
         except FileNotFoundError:
             pass
+        if self.journal is not None:
+            self.journal.ok(claim.id)  # the end of its life: in the index
         self._finish(item)
         self.delivered += 1
 
@@ -374,6 +378,8 @@ class Ship(Piper):
         """Refused for good: errors/ with the engine's answer in the sidecar."""
         try:
             self.queue_in.fail(item.claim, reason, message, daemon=self.name, detail=detail)
+            if self.journal is not None:
+                self.journal.failed(item.claim.id)
         except FileNotFoundError:
             pass
         except OSError as e:
@@ -400,6 +406,8 @@ class Ship(Piper):
         """Drop finished items from the hand; one log line for what went to errors/."""
         self.remover.remove(self._delivered_paths)
         self._delivered_paths = []
+        if self.journal is not None:
+            self.journal.flush()  # one file per bundle, after the answer was applied
         self.hand = [item for item in self.hand if not item.finished]
         self.hand_bytes = sum(item.size for item in self.hand)
         if not self.hand:
