@@ -221,3 +221,13 @@ def test_a_message_that_is_no_json_object_fails_without_a_request(
     assert files(q.errors) == [bad] and sidecar(q, bad)["reason"] in ("invalid-json",
                                                                       "invalid-message")
     assert indexed(search_node, index) == 3 and set(search_node.search_ids(index)) == set(ok)
+
+
+def test_gzip_request_bodies(tmp_path, daemons, search_node):
+    index = unique_index("gzip")
+    q = Queue(tmp_path / "ship")
+    made = q.put_many(messages(300))
+    r = daemons.run(*ship_args(search_node, q, "--default-index", index, "--http-compress",
+                               "--bundle-size", "100", "--once"))
+    assert r.returncode == 0, r.stderr
+    assert indexed(search_node, index) == 300 and set(search_node.search_ids(index)) == set(made)
