@@ -353,7 +353,7 @@ class Broker:
 
 
 @pytest.fixture(scope="session")
-def rabbitmq():
+def rabbitmq(request):
     try:
         ensure_installed()
     except BrokerError as e:
@@ -368,12 +368,10 @@ def rabbitmq():
         raise
     yield broker
     broker.close()
-    last = RABBITMQ_BUILD / "last-test-logs"  # kept for a look after a failed run
-    shutil.rmtree(last, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        shutil.copytree(base / "log", last)
-        shutil.copy(base / "server.out", last)
-    shutil.rmtree(base, ignore_errors=True)
+    if request.session.testsfailed:  # keep its logs for a look after a failed run
+        print(f"\nRabbitMQ logs of this run: {base}/log, {base}/server.out", file=sys.stderr)
+    else:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
