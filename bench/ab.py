@@ -20,6 +20,7 @@ CASES = {
     "none": dict(n=30_000, durability="none", instances=1),
     "fsync": dict(n=12_000, durability="fsync", instances=1),
     "two": dict(n=30_000, durability="none", instances=2),
+    "big": dict(n=150_000, durability="none", instances=1),  # a backlog over SCAN_CHUNK
 }
 
 
@@ -35,6 +36,7 @@ def main() -> None:
     extra = tuple(args.extra.split())
     trees = {"before": os.path.abspath(args.before), "after": os.path.abspath(args.after)}
     res: dict[tuple[str, str], list[float]] = {}
+    cpu: dict[tuple[str, str], list[float]] = {}
     with BenchFS(args.work_dir) as fs:
         w = fs.fresh("ab")
         hop.pass_hop(w, 2000)
@@ -42,13 +44,18 @@ def main() -> None:
             for what in args.what:
                 order = ("before", "after") if r % 2 == 0 else ("after", "before")
                 for label in order:
-                    rate = hop.pass_hop(w, **CASES[what], tree=trees[label], extra=extra)
+                    info: dict = {}
+                    rate = hop.pass_hop(w, **CASES[what], tree=trees[label], extra=extra,
+                                        info=info)
                     res.setdefault((what, label), []).append(rate)
+                    cpu.setdefault((what, label), []).append(info["cpu_us_per_msg"])
             print(f"round {r + 1}: " + "  ".join(
                 f"{k[0]}/{k[1]} {v[-1]:.0f}" for k, v in sorted(res.items())), flush=True)
     for what in args.what:
         b, a = median(res[(what, "before")]), median(res[(what, "after")])
         print(f"{what:6} before {b:8.0f} msg/s  after {a:8.0f} msg/s  = {a / b:.2f}x")
+        cb, ca = median(cpu[(what, "before")]), median(cpu[(what, "after")])
+        print(f"{'':6} CPU   {cb:8.1f} us/msg after {ca:8.1f} us/msg  = {ca / cb:.2f}x")
 
 
 if __name__ == "__main__":

@@ -45,11 +45,13 @@ def _wait_state(queue: str, pid: int, state: str, after: float, timeout: float,
 
 def pass_hop(work: str, n: int, durability: str = "none", instances: int = 1,
              log: str = "/dev/null", extra: tuple[str, ...] = (),
-             tree: str | None = None) -> float:
+             tree: str | None = None, info: dict | None = None) -> float:
     """Messages per second of `instances` pass daemons draining `n` pre-filled messages.
 
     From the first instance's start of work (state 'running', written before it
-    opens its watch and lists the queue) to the last one's 'idle'.
+    opens its watch and lists the queue) to the last one's 'idle'. `info` gets
+    the daemons' CPU time per message (start-up left out), in microseconds: a
+    figure the neighbours on a shared machine disturb far less than wall time.
     """
     qin, qout = make_queue_dirs(os.path.join(work, "hop-in")), os.path.join(work, "hop-out")
     make_queue_dirs(qout)
@@ -61,13 +63,14 @@ def pass_hop(work: str, n: int, durability: str = "none", instances: int = 1,
         procs = [start_pass(qin, qout, log=log, durability=durability, tree=tree,
                             extra=("--queue-out-limit", str(2 * n + 1000), *extra))
                  for _ in range(instances)]
-        running = {}
+        running, cpu0 = {}, {}
 
         def all_started():
             for p in procs:
                 s = state_of(qin, p.pid)
                 if s and p.pid not in running:
                     running[p.pid] = s
+                    cpu0[p.pid] = cpu_seconds(p.pid)
                 if p.poll() is not None:
                     raise RuntimeError(f"pass exited with {p.returncode}")
             return len(running) == len(procs)
@@ -88,6 +91,9 @@ def pass_hop(work: str, n: int, durability: str = "none", instances: int = 1,
         else:
             wait_for(drained, 600, 0.02, "the queue to drain")
             t1 = max(state_of(qin, p.pid)["updated"] for p in procs)
+            if info is not None:
+                used = sum(cpu_seconds(p.pid) - cpu0[p.pid] for p in procs)
+                info["cpu_us_per_msg"] = used / n * 1e6
         got = len(os.listdir(os.path.join(qout, "incoming")))
         if got != n:
             raise RuntimeError(f"{got} of {n} messages arrived")
@@ -118,17 +124,20 @@ def backlog(work: str, small: int, big: int, window: int, repeats: int = 5,
     try:
         proc = start_pass(qin, qout, log=log, extra=("--queue-out-limit", "0"))
         _wait_state(qin, proc.pid, "idle", 0, 60, proc)
-        rates = []
+        rates, cpus = [], []
         for i in range(repeats):
             proc.send_signal(signal.SIGSTOP)
             prefill(os.path.join(qin, "incoming"), small, start=i * small)
             settle()
+            c0 = cpu_seconds(proc.pid)
             t0 = time.time()
             proc.send_signal(signal.SIGCONT)
             s = _wait_state(qin, proc.pid, "idle", t0, 60, proc)
             wait_for(lambda: not nonempty(os.path.join(qin, "incoming")), 60, 0.01)
             rates.append(small / (s["updated"] - t0))
+            cpus.append((cpu_seconds(proc.pid) - c0) / small * 1e6)
         out["small_rate"] = median(rates)
+        out["small_cpu_us_per_msg"] = median(cpus)
     finally:
         stop([proc] if proc else [])
         remove(qin)
@@ -146,8 +155,10 @@ def backlog(work: str, small: int, big: int, window: int, repeats: int = 5,
         outgoing = os.path.join(qout, "incoming")
         wait_for(lambda: nonempty(pending) or nonempty(outgoing), 60, 0.001, "first message")
         first = time.time()
+        c0 = cpu_seconds(proc.pid)
         out["startup_s"] = first - spawned
         s = _wait_state(qin, proc.pid, "waiting", spawned, 600, proc)
+        out["big_cpu_us_per_msg"] = (cpu_seconds(proc.pid) - c0) / window * 1e6
         mem = rss_kb(proc.pid)
         out["big_rate"] = window / (s["updated"] - first)
         out["rss_mb"] = mem["VmRSS"] / 1024
@@ -162,7 +173,7 @@ def backlog(work: str, small: int, big: int, window: int, repeats: int = 5,
 
 def latency(work: str, hops: int = 3, samples: int = 300, gap: float = 0.02,
             idle_seconds: float = 10.0, log: str = "/dev/null",
-            ship_url: str | None = None) -> dict[str, float]:
+            ship_url: str | None = None, ship_args: tuple[str, ...] = ()) -> dict[str, float]:
     """Idle pipeline: put -> `hops` pass daemons -> (ship) ; then idle CPU.
 
     Without `ship_url` a message is done when it lands in the last hop's output
@@ -179,7 +190,7 @@ def latency(work: str, hops: int = 3, samples: int = 300, gap: float = 0.02,
         if ship_url:
             procs.append(start_daemon("ship", "--queue-in-dir", qs[-1], "--es-url", ship_url,
                                       "--default-index", "bench-latency", "--log-level",
-                                      "WARNING", log=log))
+                                      "WARNING", *ship_args, log=log))
         for p, q in zip(procs, qs, strict=False):
             _wait_state(q, p.pid, "idle", 0, 120, p)
         time.sleep(0.5)
