@@ -1,6 +1,6 @@
 # RabbitMQ for the mq-publish / mq-consume tests and demos: Debian's rabbitmq-server,
 # run privately (own node name, cookie, ports on 127.0.0.1, data and logs under
-# $(BUILD)/rabbitmq/) by tests/rabbitmq_fixture.py. See docs/scaling.md.
+# $(BUILD)/rabbitmq/) by tests/rabbitmq_fixture.py. See docs/mq.md.
 #
 #   make rabbitmq-deps     install rabbitmq-server (and Erlang) from Debian when missing
 #   make rabbitmq-start    start a private broker (idempotent), print its URL

@@ -96,6 +96,12 @@ def ensure_installed() -> None:
                               f"{(r.stderr or r.stdout)[-2000:]})")
 
 
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 class Broker:
     """One private RabbitMQ node under `base`, on loopback `port`."""
 
@@ -171,9 +177,43 @@ class Broker:
 
     # -- life cycle ------------------------------------------------------------------------
 
+    def _start_epmd(self) -> None:
+        """Our own epmd in the foreground (erl would start a detached one that outlives us)."""
+        if _listening(self.epmd_port):
+            return
+        with open(self.base / "epmd.out", "ab") as out:
+            p = subprocess.Popen(
+                ["epmd", "-port", str(self.epmd_port), "-address", "127.0.0.1"],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        (self.base / "epmd.pid").write_text(str(p.pid))
+        deadline = time.monotonic() + 10
+        while not _listening(self.epmd_port):
+            if p.poll() is not None or time.monotonic() > deadline:
+                raise BrokerError(f"epmd did not start on port {self.epmd_port}")
+            time.sleep(0.05)
+
+    def _stop_epmd(self) -> None:
+        try:
+            pid = int((self.base / "epmd.pid").read_text())
+        except (OSError, ValueError):
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, 0)  # our child when we started it in this process
+        with contextlib.suppress(FileNotFoundError):
+            (self.base / "epmd.pid").unlink()
+        if _listening(self.epmd_port):  # one started some other way: ask it to go
+            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                subprocess.run(["epmd", "-kill"], env=self.env(), capture_output=True,
+                               timeout=10)
+
     def start(self, timeout: float = 90.0) -> Broker:
         ensure_installed()
         self._prepare()
+        self._start_epmd()
         log = open(self.base / "server.out", "ab")
         try:
             self.proc = subprocess.Popen(
@@ -216,45 +256,44 @@ class Broker:
         except (OSError, ValueError):
             return None
 
-    @property
-    def running(self) -> bool:
+    def _alive(self, pid: int | None) -> bool:
+        """The broker runs: our start script child, else the VM named by `pid`."""
         if self.proc is not None:
             return self.proc.poll() is None
-        pid = self._beam_pid()
         if pid is None:
             return False
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"  # not a zombie
+        except (OSError, IndexError):
             return False
-        return True
+
+    @property
+    def running(self) -> bool:
+        return self._alive(self._beam_pid())
 
     def stop(self, timeout: float = 30.0) -> None:
         """A clean shutdown (SIGTERM to the Erlang VM): persistent messages stay."""
-        pid = self._beam_pid()
+        pid = self._beam_pid()  # read first: the broker removes it as it begins to stop
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while self.running and time.monotonic() < deadline:
+        while self._alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        if self.running:
-            self.kill()
+        if self._alive(pid):
+            self.kill(pid)
         self._reap()
 
-    def kill(self) -> None:
+    def kill(self, pid: int | None = None) -> None:
         """SIGKILL the whole broker (a crash): only what it had synced survives."""
-        targets = []
-        if self.proc is not None:
-            targets.append(self.proc.pid)
-        pid = self._beam_pid()
-        if pid is not None:
-            targets.append(pid)
-        for pid in targets:
+        pid = pid or self._beam_pid()
+        targets = [p for p in (self.proc.pid if self.proc else None, pid) if p is not None]
+        for target in targets:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(os.getpgid(pid), signal.SIGKILL)
+                os.killpg(os.getpgid(target), signal.SIGKILL)
         deadline = time.monotonic() + 30
-        while self.running and time.monotonic() < deadline:
+        while self._alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         self._reap()
 
@@ -278,8 +317,7 @@ class Broker:
     def close(self) -> None:
         """Stop the broker and its private epmd."""
         self.stop()
-        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-            subprocess.run(["epmd", "-kill"], env=self.env(), capture_output=True, timeout=10)
+        self._stop_epmd()
 
     def ctl(self, *args: str, timeout: float = 60.0) -> str:
         """Run rabbitmqctl against this node; its output."""
