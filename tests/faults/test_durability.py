@@ -26,6 +26,8 @@ from tests.helpers import PIPERS, ROOT, files
 
 SYSCALLS = "openat,write,rename,renameat,renameat2,syncfs,fsync,fdatasync,unlink,unlinkat"
 _LINE = re.compile(r"^(\d+)\s+(\w+)\((.*)$")
+_RESUMED = re.compile(r"^(\d+)\s+<\.\.\. (\w+) resumed>(.*)$")  # a call split by another thread
+_UNFINISHED = " <unfinished ...>"
 
 
 def trace(tmp_path, *args: str, calls: str = SYSCALLS, input: bytes | None = None,
@@ -39,7 +41,15 @@ def trace(tmp_path, *args: str, calls: str = SYSCALLS, input: bytes | None = Non
                        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=300)
     assert r.returncode == 0, r.stderr.decode()
     calls_made = []
+    split: dict[str, tuple[str, str]] = {}  # pid -> (call, arguments before the split)
     for line in out.read_text(errors="replace").splitlines():
+        resumed = _RESUMED.match(line)
+        if resumed and resumed.group(1) in split:  # one entry per call, where it returned
+            call, head = split.pop(resumed.group(1))
+            line = f"{resumed.group(1)} {call}({head}{resumed.group(3)}"
+        elif line.endswith(_UNFINISHED) and (u := _LINE.match(line)):
+            split[u.group(1)] = (u.group(2), u.group(3)[: -len(_UNFINISHED)])
+            continue
         m = _LINE.match(line)
         if m and "= -1" not in line.rsplit(")", 1)[-1]:
             calls_made.append((m.group(2), m.group(3)))
