@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import time
 
@@ -231,3 +232,19 @@ def test_gzip_request_bodies(tmp_path, daemons, search_node):
                                "--bundle-size", "100", "--once"))
     assert r.returncode == 0, r.stderr
     assert indexed(search_node, index) == 300 and set(search_node.search_ids(index)) == set(made)
+
+
+def test_two_shippers_on_one_queue_deliver_each_message_once(tmp_path, daemons, search_node):
+    index = unique_index("pair")
+    q = Queue(tmp_path / "ship")
+    made = q.put_many(messages(20_000))
+    args = ship_args(search_node, q, "--default-index", index, "--bundle-size", "300",
+                     "--once")
+    procs = [daemons.start(*args) for _ in range(2)]
+    assert [p.wait(120) for p in procs] == [0, 0]
+    delivered = [int(re.search(r"(\d+) documents delivered", daemons.log(p)).group(1))
+                 for p in procs]
+    assert sum(delivered) == 20_000 and min(delivered) > 0  # both worked, none twice
+    assert indexed(search_node, index) == 20_000
+    assert set(search_node.search_ids(index)) == set(made)
+    assert files(q.pending) == files(q.incoming) == files(q.errors) == []

@@ -127,3 +127,28 @@ def test_one_node_of_three_killed_mid_run_the_others_take_the_bundles(
     assert files(q.errors) == []
     ship.send_signal(signal.SIGTERM)
     assert ship.wait(30) == 0
+
+
+def test_sigterm_waits_for_the_answer_to_the_bundle_in_flight(
+        tmp_path, daemons, search_node_factory):
+    node = search_node_factory(heap="512m")
+    index = unique_index("inflight")
+    node.request("PUT", f"/{index}")
+    q = Queue(tmp_path / "ship")
+    node.pause()  # the request will hang until the node runs again
+    try:
+        made = q.put_many(messages(100))
+        ship = daemons.start("ship", "--queue-in-dir", q.path, "--es-url", node.url,
+                             "--default-index", index, "--flush-interval", "0.1",
+                             "--request-timeout", "120")
+        wait_for(lambda: len(files(q.pending)) == 100, what="the bundle in hand")
+        time.sleep(1.0)  # sent: nothing answers
+        ship.send_signal(signal.SIGTERM)
+        time.sleep(2.0)
+        assert ship.poll() is None, "the shipper left before the answer to its bundle"
+    finally:
+        node.resume()
+    assert ship.wait(60) == 0
+    assert indexed(node, index) == 100 and set(node.search_ids(index)) == set(made)
+    assert files(q.pending) == files(q.incoming) == files(q.errors) == []
+    assert "returned" not in daemons.log(ship)  # finished, not handed back
