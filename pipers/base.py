@@ -268,6 +268,11 @@ class Piper(Daemon):
             self._paused_until = now + self.options.queue_out_wait
             return self.options.queue_out_wait
         claims = self.queue_in.claim(limit)
+        if not claims and self.waker.resume():  # was busy: watch again, then look once more
+            self.queue_in.forget()
+            claims = self.queue_in.claim(limit)
+        elif len(claims) == self.options.batch_size:  # busy: more wait, the loop lists them
+            self.waker.pause()
         if not claims:
             self.drained = True
             self.set_state("idle")

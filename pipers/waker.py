@@ -38,6 +38,7 @@ class Waker:
     def __init__(self) -> None:
         self._r, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._inotify: InotifyFD | None = None
+        self._watches: dict[str, int | None] = {}  # directory -> watch descriptor (None: paused)
 
     def wake(self) -> None:
         """Safe from signal handlers and other threads."""
@@ -63,7 +64,26 @@ class Waker:
             self._inotify = InotifyFD()
             self._inotify.daemon = True
             self._inotify.start()
-        self._inotify.add_callback(os.fsencode(directory), _ARRIVALS, _Arrivals(self), id(self))
+        self._watches[directory] = self._inotify.add_callback(
+            os.fsencode(directory), _ARRIVALS, _Arrivals(self), id(self))
+
+    def pause(self) -> None:
+        """Stop watching while busy: a busy loop lists anyway, and every arrival would
+        cost the watcher thread an event. Call resume() when the loop finds nothing."""
+        if self._inotify is None:
+            return
+        held = [(wd, id(self)) for wd in self._watches.values() if wd is not None]
+        if held:
+            self._inotify.remove_callbacks(held)
+            self._watches = dict.fromkeys(self._watches)
+
+    def resume(self) -> bool:
+        """Watch again after pause(); True if it was paused: the caller must then look
+        once more, for what arrived while nothing watched."""
+        paused = [d for d, wd in self._watches.items() if wd is None]
+        for directory in paused:
+            self.watch(directory)
+        return bool(paused)
 
     def fds(self) -> list[int]:
         return [self._r, self._w]
