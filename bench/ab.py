@@ -21,6 +21,7 @@ CASES = {
     "fsync": dict(n=12_000, durability="fsync", instances=1),
     "two": dict(n=30_000, durability="none", instances=2),
     "big": dict(n=150_000, durability="none", instances=1),  # a backlog over SCAN_CHUNK
+    "pipeline": dict(n=30_000, hops=3),  # three hops in a row: arrivals while busy
 }
 
 
@@ -45,8 +46,11 @@ def main() -> None:
                 order = ("before", "after") if r % 2 == 0 else ("after", "before")
                 for label in order:
                     info: dict = {}
-                    rate = hop.pass_hop(w, **CASES[what], tree=trees[label], extra=extra,
-                                        info=info)
+                    if what == "pipeline":
+                        rate = hop.pipeline(w, **CASES[what], tree=trees[label], info=info)
+                    else:
+                        rate = hop.pass_hop(w, **CASES[what], tree=trees[label], extra=extra,
+                                            info=info)
                     res.setdefault((what, label), []).append(rate)
                     cpu.setdefault((what, label), []).append(info["cpu_us_per_msg"])
             print(f"round {r + 1}: " + "  ".join(

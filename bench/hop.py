@@ -15,6 +15,7 @@ import time
 from queues import Queue
 
 from .common import (
+    count,
     cpu_seconds,
     make_queue_dirs,
     median,
@@ -103,6 +104,41 @@ def pass_hop(work: str, n: int, durability: str = "none", instances: int = 1,
         stop(procs)
         remove(qin)
         remove(qout)
+
+
+def pipeline(work: str, n: int, hops: int = 3, log: str = "/dev/null",
+             tree: str | None = None, info: dict | None = None) -> float:
+    """Messages per second through `hops` pass daemons in a row, `n` pre-filled in the first
+    queue: from the first daemon's start of work to the last arrival (its ctime)."""
+    qs = [make_queue_dirs(os.path.join(work, f"pipe-{i}")) for i in range(hops + 1)]
+    procs = []
+    try:
+        prefill(os.path.join(qs[0], "incoming"), n)
+        settle()
+        procs = [start_pass(qs[i], qs[i + 1], log=log, tree=tree,
+                            extra=("--queue-out-limit", str(2 * n + 1000)))
+                 for i in range(hops)]
+        started, cpu0 = {}, {}
+
+        def all_started():
+            for p, q in zip(procs, qs, strict=False):
+                if p.pid not in started and (s := state_of(q, p.pid)):
+                    started[p.pid] = s["updated"]
+                    cpu0[p.pid] = cpu_seconds(p.pid)
+            return len(started) == len(procs)
+
+        wait_for(all_started, 60, 0.002, "the daemons to start")
+        last = os.path.join(qs[-1], "incoming")
+        wait_for(lambda: count(last) >= n, 600, 0.1, "the last queue to fill")
+        if info is not None:
+            info["cpu_us_per_msg"] = sum(cpu_seconds(p.pid) - cpu0[p.pid] for p in procs) / n * 1e6
+        with os.scandir(last) as it:
+            t1 = max(e.stat(follow_symlinks=False).st_ctime for e in it)
+        return n / (t1 - min(started.values()))
+    finally:
+        stop(procs)
+        for q in qs:
+            remove(q)
 
 
 def backlog(work: str, small: int, big: int, window: int, repeats: int = 5,
