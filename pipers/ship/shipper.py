@@ -178,7 +178,7 @@ class Ship(Piper):
         if wait > 0:
             return wait  # dequeuing pauses; arrivals only wake us to go back to sleep
         if not self.stopping and self.down_since is None:  # no new claims during an outage
-            self._fill(now)  # while a bundle is in flight: the next one is read meanwhile
+            self._fill(now, early=True)  # while a bundle is in flight: the next one is read
         if self.flight is not None:
             self._land()
             return 0.0
@@ -193,10 +193,20 @@ class Ship(Piper):
         self._launch(now)
         return 0.0
 
-    def _fill(self, now: float) -> None:
-        """Claim messages until the hand holds a bundle (count or bytes) or incoming/ is empty."""
+    def _fill(self, now: float, early: bool = False) -> None:
+        """Claim messages until the hand holds a bundle (count or bytes) or incoming/ is empty.
+
+        With `early`, filling also stops once the sender is idle (nothing in
+        flight, or its answer is in) and the hand holds at least a claim chunk:
+        that part goes at once (`_due`) instead of leaving the connection idle
+        while the rest of a full bundle is read. Bundles then size themselves to
+        the cluster's pace, up to `--bundle-size`.
+        """
         self.incoming_empty = False
         while len(self.hand) < self.ship.bundle_size and self.hand_bytes < self.byte_limit:
+            if early and len(self.hand) >= CLAIM_CHUNK and (
+                    self.flight is None or self.flight.future.done()):
+                return
             want = min(CLAIM_CHUNK, self.ship.bundle_size - len(self.hand))
             claims = self.queue_in.claim(want)
             if claims:
@@ -232,6 +242,8 @@ class Ship(Piper):
             return 0.0
         if self.incoming_empty and (self.options.once or self.ship.flush_interval <= 0):
             return 0.0
+        if not self.incoming_empty and len(self.hand) >= CLAIM_CHUNK:
+            return 0.0  # a backlog and the sender idle: keep the connection busy
         return max(0.0, (self.hand_since or now) + self.ship.flush_interval - now)
 
     # -- one send -------------------------------------------------------------------------
