@@ -11,6 +11,7 @@ the work directory as it is, and say so.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -29,6 +30,12 @@ class BenchFS:
 
     def __enter__(self) -> BenchFS:
         os.makedirs(self.work, exist_ok=True)
+        self._lock = open(os.path.join(self.work, ".lock"), "w")  # one benchmark at a time
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print("bench: another benchmark uses", self.work, "- waiting", file=sys.stderr)
+            fcntl.flock(self._lock, fcntl.LOCK_EX)
         if os.geteuid() != 0 or not shutil.which("mkfs.ext4"):
             print("bench: not root or no mkfs.ext4: measuring in", self.work, file=sys.stderr)
             return self
@@ -54,7 +61,10 @@ class BenchFS:
         return self
 
     def __exit__(self, *exc) -> None:
-        self._unmount()
+        try:
+            self._unmount()
+        finally:
+            self._lock.close()
 
     def _unmount(self) -> None:
         if os.path.ismount(self.mountpoint):

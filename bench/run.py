@@ -146,6 +146,20 @@ def rootfs(work: str, cfg: dict, logf: str) -> tuple[list[Figure], dict]:
     return figs, s
 
 
+def pipeline(w: str, cfg: dict, logf: str) -> tuple[list[Figure], dict]:
+    """Three pass hops in a row over one pre-filled queue (for sizing; no target)."""
+    log(f"pipeline: {cfg['n']:,} messages through 3 pass hops")
+    rates, cpus = [], []
+    for _ in range(3):
+        info: dict = {}
+        rates.append(hop.pipeline(w, cfg["n"], 3, log=logf, info=info))
+        cpus.append(info["cpu_us_per_msg"])
+    f = Figure("3 pass hops in a row (end to end)", median(rates), "msg/s", target="none",
+               note=f"CPU per message, all 3 daemons: {median(cpus):.0f} us; "
+               "3 processes share 2 cores", samples=rates)
+    return [f], {"rates": rates, "cpu_us_per_msg": cpus}
+
+
 def backlog(w: str, cfg: dict, logf: str) -> tuple[list[Figure], dict]:
     log(f"backlog: {cfg['backlog_small']:,} vs {cfg['backlog_big']:,} messages")
     b = hop.backlog(w, cfg["backlog_small"], cfg["backlog_big"], cfg["backlog_window"],
@@ -214,8 +228,8 @@ def shipper(w: str, cfg: dict, logf: str) -> tuple[list[Figure], dict]:
         else:
             figs.append(missing)
         log("latency: put -> 3 pass hops -> ship -> acknowledged")
-        lat = hop.latency(w, 3, cfg["latency_samples"] // 2, idle_seconds=0, log=logf,
-                          ship_url=node.url)
+        lat = hop.latency(w, 3, cfg["latency_samples"] // 6, idle_seconds=0, log=logf,
+                          ship_url=node.url)  # ~1 s each with the default flush interval
         out["latency_with_ship"] = lat
         log("latency: the same with pipers ship --flush-interval 0")
         lat0 = hop.latency(w, 3, cfg["latency_samples"] // 2, idle_seconds=0, log=logf,
@@ -279,12 +293,12 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="smaller sizes, fewer rounds")
     ap.add_argument("--work-dir", default=os.path.join(os.environ.get("BUILD", "build"), "bench"))
     ap.add_argument("--results", default=os.path.join(ROOT, "bench", "results.json"))
-    ap.add_argument("--only", action="append", choices=["throughput", "backlog", "latency",
-                                                         "ship", "rootfs"],
+    ap.add_argument("--only", action="append", choices=["throughput", "pipeline", "backlog",
+                                                         "latency", "ship", "rootfs"],
                     help="run only these phases (repeatable)")
     args = ap.parse_args()
     cfg = QUICK if args.quick else FULL
-    phases = args.only or ["throughput", "backlog", "latency", "ship", "rootfs"]
+    phases = args.only or ["throughput", "pipeline", "backlog", "latency", "ship", "rootfs"]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unmount on the way out
     started = time.time()
     figs: list[Figure] = []
@@ -293,8 +307,8 @@ def main() -> int:
         w = fs.fresh("run")
         logf = os.path.join(os.path.abspath(args.work_dir), "daemons.log")
         log(f"measuring on {fs.kind}; daemon logs in {logf}")
-        for phase, fn in (("throughput", throughput), ("backlog", backlog),
-                          ("latency", latency), ("ship", shipper)):
+        for phase, fn in (("throughput", throughput), ("pipeline", pipeline),
+                          ("backlog", backlog), ("latency", latency), ("ship", shipper)):
             if phase in phases:
                 f, raw[phase] = fn(w, cfg, logf)
                 figs += f
