@@ -7,6 +7,11 @@ backlog take a quarter of an hour. A fresh ext4 on a loop device, backed by a
 file on the same disk, behaves like an ordinary disk filesystem: fsync goes
 through to the disk. Without root (or without mkfs.ext4) the benchmarks run in
 the work directory as it is, and say so.
+
+The image is 128 GB, sparse (it takes only what is written, ~5 GB at most). At
+that size mkfs gives the default 1 GB journal that a disk of that size gets; a
+small image gets a small journal (64 MB at 12 GB), whose commits then block a
+daemon working through a huge backlog (0.70x instead of 0.91x at 1,000,000).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import sys
 
 
 class BenchFS:
-    def __init__(self, work: str, size: str = "12G", inodes: int = 2_200_000):
+    def __init__(self, work: str, size: str = "128G", inodes: int = 2_200_000):
         self.work = os.path.abspath(work)
         self.image = os.path.join(self.work, "fs.img")
         self.mountpoint = os.path.join(self.work, "mnt")
