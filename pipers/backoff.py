@@ -1,4 +1,5 @@
-"""Jittered exponential back-off with a cap; time is a parameter (no sleeping here)."""
+"""Jittered exponential back-off with a cap, shared by every daemon that waits on
+something outside (the search cluster, a broker); time is a parameter (no sleeping here)."""
 
 from __future__ import annotations
 

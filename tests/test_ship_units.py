@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipers.ship.backoff import Backoff
+from pipers.backoff import Backoff
 from pipers.ship.bulk import (
     Auth,
     BadAnswer,

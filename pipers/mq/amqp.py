@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import random
 import re
 import time
 import urllib.parse
@@ -29,6 +28,8 @@ from pika.adapters.select_connection import IOLoop
 from pika.spec import Basic
 
 from queues.names import new_name
+
+from ..backoff import Backoff
 
 ID_HEADER = "pipers-id"
 CONTENT_TYPE = "application/json"
@@ -91,43 +92,17 @@ def message_name(message_id: Any, headers: dict | None) -> str:
     return "mq-" + hashlib.sha256(mid.encode()).hexdigest()[:40]
 
 
-class Backoff:
-    """Jittered exponential back-off: first, 2*first, ... up to `most` seconds."""
-
-    def __init__(self, first: float = 0.5, most: float = 30.0,
-                 rng: Callable[[], float] = random.random):
-        self.first, self.most, self.rng = first, max(first, most), rng
-        self.failures = 0
-        self.until = 0.0
-
-    def failed(self, now: float) -> float:
-        """Count a failure at `now`; returns the delay before the next try."""
-        delay = min(self.most, self.first * 2 ** min(self.failures, 30))
-        delay *= 0.5 + self.rng() / 2  # jitter: many hosts do not retry in step
-        self.failures += 1
-        self.until = now + delay
-        return delay
-
-    def succeeded(self) -> None:
-        self.failures = 0
-        self.until = 0.0
-
-    def wait(self, now: float) -> float:
-        """Seconds left before the next try is due (0: try now)."""
-        return max(0.0, self.until - now)
-
-
 def next_try(link: Link, backoff: Backoff, now: float) -> tuple[float, bool]:
     """After a failed `Link.open`: (seconds to wait, did every URL fail this round).
 
     With several --mq-url the next broker is tried at once; the back-off applies
     once all of them failed.
     """
-    backoff.failed(now)
+    backoff.fail(now)
     if backoff.failures % len(link.urls):
         backoff.until = now
         return 0.0, False
-    return backoff.wait(now), True
+    return backoff.remaining(now), True
 
 
 @dataclass

@@ -18,10 +18,11 @@ from collections.abc import Callable, Sequence
 
 import click
 
+from ..backoff import Backoff
 from ..base import Daemon, Options
 from ..options import DURATION, daemon_options
 from ..runner import start
-from .amqp import Backoff, Link, LinkDown, next_try, quiet_pika
+from .amqp import Link, LinkDown, next_try, quiet_pika
 
 IDLE_TICK = 5.0  # longest sleep inside the broker connection before the loop looks around
 ONCE_IDLE = 1.0  # --once: this long without a delivery means the queue is drained
@@ -48,7 +49,7 @@ class MqConsume(Daemon):
         self.link = Link(mq_url, mq_queue, prefetch=mq_prefetch,
                          wake_fd=self.waker.fds()[0], on_wake=self._woken)
         self.batch_wait = batch_wait
-        self.backoff = Backoff(most=mq_backoff_max)
+        self.backoff = Backoff(cap=mq_backoff_max)
         self.consumed = 0
         self.redelivered = 0
         self.exit_code = 0
@@ -77,7 +78,7 @@ class MqConsume(Daemon):
             if self._was_up:
                 self._was_up = False
                 self.log.warning("lost %s: %s", self.link.url, self.link.error)
-            wait = self.backoff.wait(now)
+            wait = self.backoff.remaining(now)
             if wait > 0:
                 return wait
             try:
@@ -85,7 +86,7 @@ class MqConsume(Daemon):
             except LinkDown as e:
                 return self._unreachable(now, str(e))
             self._was_up = True
-            self.backoff.succeeded()
+            self.backoff.reset()
             self.log.info("connected to %s, consuming %r", self.link.url, self.link.queue)
             self.set_state("running")
         room = self.room(now)

@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING, Any
 
 from elastic_transport import TransportError
 
-from .amqp import Backoff, Link, LinkDown, quiet_pika
+from ..backoff import Backoff
+from .amqp import Link, LinkDown, quiet_pika
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..ship.shipper import Ship
@@ -61,7 +62,7 @@ class Failover:
         self.recheck = recheck
         self.out = Link(urls, queue, confirms=True, open_timeout=confirm_timeout)
         self.back = Link(urls, queue, prefetch=BACK_BATCH, open_timeout=confirm_timeout)
-        self.backoff = Backoff(most=backoff_max)  # the broker's reachability
+        self.backoff = Backoff(cap=backoff_max)  # the broker's reachability
         self.diverting = False
         quiet_pika()
         self.next_check = 0.0  # when to look for records to bring back
@@ -114,7 +115,7 @@ class Failover:
             ship.backoff.fail(now)
         if ship.stopping:
             return 0.0
-        wait = self.backoff.wait(now)
+        wait = self.backoff.remaining(now)
         if wait > 0:  # the broker is away too: everything stays on disk
             return min(wait, max(0.01, ship.backoff.remaining(now)))
         ship._fill(now)
@@ -155,11 +156,11 @@ class Failover:
         self.sent += n
         if n < len(items):
             return self._broker_away(ship, now, self.out.error)
-        self.backoff.succeeded()
+        self.backoff.reset()
         return 0.0
 
     def _broker_away(self, ship: Ship, now: float, why: str) -> float:
-        delay = self.backoff.failed(now)
+        delay = self.backoff.fail(now)
         ship.set_state("waiting", f"search cluster and failover broker unreachable ({why}); "
                        f"{len(ship.hand)} messages kept in pending/")
         return min(delay, max(0.01, ship.backoff.remaining(now)))
@@ -170,14 +171,14 @@ class Failover:
         if ship.hand or ship.queue_in.count() >= BACK_BATCH:
             self.next_check = now + 0.2  # the shipper has work: bring more back soon
             return None
-        if self.backoff.wait(now) > 0:
+        if self.backoff.remaining(now) > 0:
             return None
         if not self.back.up:
             try:
                 self.back.open()
             except LinkDown as e:
-                self.backoff.failed(now)
-                self.next_check = now + min(self.recheck, self.backoff.wait(now))
+                self.backoff.fail(now)
+                self.next_check = now + min(self.recheck, self.backoff.remaining(now))
                 log.debug("failover queue not reachable: %s", e)
                 return None
         link = self.back
@@ -194,7 +195,7 @@ class Failover:
         link.deliveries.clear()
         link.ack(batch[-1].tag)
         self.brought_back += len(batch)
-        self.backoff.succeeded()
+        self.backoff.reset()
         self.next_check = now  # more may be waiting
         ship.log.info("brought %d records back from RabbitMQ queue %r", len(batch), self.queue)
         return 0.0

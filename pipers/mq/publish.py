@@ -20,10 +20,11 @@ import orjson
 
 from queues import BadMessage, Claim, Reason
 
+from ..backoff import Backoff
 from ..base import Options, Piper
 from ..options import DURATION, daemon_options
 from ..runner import start
-from .amqp import Backoff, Link, LinkDown, next_try, quiet_pika
+from .amqp import Link, LinkDown, next_try, quiet_pika
 
 IDLE_TICK = 5.0  # an idle daemon still looks at its connection (heartbeats) this often
 
@@ -44,7 +45,7 @@ class MqPublish(Piper):
         super().__init__(options, clock)
         self.link = Link(mq_url, mq_queue, confirms=True, open_timeout=mq_confirm_timeout)
         self.confirm_timeout = mq_confirm_timeout
-        self.backoff = Backoff(most=mq_backoff_max)
+        self.backoff = Backoff(cap=mq_backoff_max)
         self.published = 0
         self.exit_code = 0
 
@@ -66,7 +67,7 @@ class MqPublish(Piper):
             self.link.run(timeout=0)  # heartbeats; notice a connection the broker closed
             if not self.link.up:
                 self.log.warning("lost %s: %s", self.link.url, self.link.error)
-        wait = self.backoff.wait(now)
+        wait = self.backoff.remaining(now)
         if wait > 0:
             return wait
         if not self.link.up:
@@ -124,7 +125,7 @@ class MqPublish(Piper):
             why = self.link.error if not self.link.up else \
                 f"the broker refused {len(batch) - n} of {len(batch)} messages"
             return self._unreachable(self.clock(), why)
-        self.backoff.succeeded()
+        self.backoff.reset()
         return 0.0
 
 

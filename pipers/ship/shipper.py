@@ -38,8 +38,8 @@ from typing import Any
 
 from queues import BadMessage, Claim, Reason
 
+from ..backoff import Backoff
 from ..base import Options, Piper
-from .backoff import Backoff
 from .bulk import (
     Answer,
     BadAnswer,
