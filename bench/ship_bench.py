@@ -45,22 +45,13 @@ if str(ROOT) not in sys.path:
 
 import orjson  # noqa: E402
 
+from bench.common import message  # noqa: E402
 from queues import Queue  # noqa: E402
 
 
 def document(i: int) -> bytes:
-    """A monitoring-style record of about 330 bytes."""
-    return orjson.dumps({
-        "monitoringType": "bench",
-        "timestamp": 1_700_000_000_000 + i,
-        "host": f"node-{i % 1000:04d}.example.org",
-        "service": "pipers-bench",
-        "seq": i,
-        "status": "ok" if i % 7 else "warning",
-        "metrics": {"cpu": (i % 100) / 100, "mem_mb": 1024 + i % 512, "load": [0.5, 0.7, 0.9]},
-        "message": f"synthetic record for throughput measurement, number {i}",
-        "tags": ["bench", "synthetic", "ship"],
-    })
+    """The records every benchmark uses (about 330 bytes, bench.common.message)."""
+    return message(i)
 
 
 def http(method: str, url: str, body: dict | None = None, timeout: float = 60.0):
