@@ -106,8 +106,9 @@ def failover_from(urls: tuple[str, ...], queue: str, after: float):
               help="Most documents in one bulk request.")
 @click.option("--bundle-bytes", type=BYTES, default="10MiB", show_default=True,
               help="Most bytes in one bulk request (a larger document goes alone).")
-@click.option("--flush-interval", type=DURATION, default=1.0, show_default=True,
-              help="Send a bundle that is not full once its oldest message waited this long.")
+@click.option("--flush-interval", type=DURATION, default=0.0, show_default=True,
+              help="Send a bundle that is not full once its oldest message waited this long "
+                   "(0: as soon as no request is under way; bundles still grow under load).")
 @click.option("--index-template", metavar="TEMPLATE",
               help="Index name from message fields and its time, e.g. "
                    "'monitoring-{type}-{date:%Y.%m.%d}'.")

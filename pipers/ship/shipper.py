@@ -123,7 +123,7 @@ class Flight:
 class ShipOptions:
     bundle_size: int = 5000
     bundle_bytes: int = 10 * 1024 * 1024
-    flush_interval: float = 1.0
+    flush_interval: float = 0.0
     archive_dir: str | None = None
     retry_initial_wait: float = 0.5
     retry_max_wait: float = 60.0
