@@ -113,6 +113,10 @@ def test_every_daemon_sigkilled_at_random_loses_and_duplicates_nothing(
     wait_for(lambda: accounted() >= MESSAGES and not files(qe.incoming) and
              not files(qe.pending) and not files(qs.incoming) and not files(qs.pending),
              timeout=600, interval=1, what=f"every message accounted for ({what})")
+    # A daemon restarted a moment ago may still be starting Python: SIGTERM before its
+    # handlers exist would kill it outright. Stop them once each is in its loop.
+    wait_for(lambda: all("started on" in daemons.log(s.proc) for s in slots), timeout=60,
+             what="every restarted daemon in its loop")
     for s in slots:
         s.proc.send_signal(signal.SIGTERM)
     assert [s.proc.wait(60) for s in slots] == [0] * len(slots), what
