@@ -315,9 +315,11 @@ class Broker:
             self.start()
 
     def close(self) -> None:
-        """Stop the broker and its private epmd."""
-        self.stop()
-        self._stop_epmd()
+        """Stop the broker and its private epmd (the epmd even when the broker's stop fails)."""
+        try:
+            self.stop()
+        finally:
+            self._stop_epmd()
 
     def ctl(self, *args: str, timeout: float = 60.0) -> str:
         """Run rabbitmqctl against this node; its output."""
@@ -396,7 +398,9 @@ def rabbitmq(request):
         ensure_installed()
     except BrokerError as e:
         pytest.fail(str(e), pytrace=False)
-    base = RABBITMQ_BUILD / f"test-{os.getpid()}"
+    # Each test module that imports this fixture gets its own session broker: give each
+    # its own directory, or a later one would wipe a running broker's files and pid files.
+    base = RABBITMQ_BUILD / f"test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     shutil.rmtree(base, ignore_errors=True)
     broker = Broker(base)
     try:
