@@ -7,8 +7,11 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
+
+from search.node import SearchError
 
 ROOT = Path(__file__).resolve().parent.parent
 PIPERS = [sys.executable, "-m", "pipers"]
@@ -34,6 +37,36 @@ def files(directory: Path | str) -> list[str]:
                       if not n.startswith(".") and not n.endswith(".error.json"))
     except FileNotFoundError:
         return []
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def unique_index(tag: str) -> str:
+    """An index name (or prefix) no other test uses, even on a shared cluster."""
+    return f"pipers-test-{tag}-{uuid.uuid4().hex[:8]}"
+
+
+def indexed(node, pattern: str, timeout: float = 60.0) -> int:
+    """Documents searchable in `pattern` now (refreshes first).
+
+    A count that races the creation of an index by the shipper's first bulk
+    answers 503 (its shard is not started yet), and a node just back from an
+    outage may not answer at all: asked again until the timeout.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            node.refresh(pattern)
+            return node.count(pattern)
+        except SearchError as e:
+            if e.status not in (503, None) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 class Daemons:

@@ -2,37 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-import uuid
 
 import orjson
 
 from queues import Queue
-from search.node import SearchError
-
-
-def unique_index(tag: str) -> str:
-    """An index name (or prefix) no other test uses, even on a shared cluster."""
-    return f"pipers-test-{tag}-{uuid.uuid4().hex[:8]}"
-
-
-def indexed(node, pattern: str, timeout: float = 30.0) -> int:
-    """Documents searchable in `pattern` now (refreshes first).
-
-    A count that races the creation of an index by the shipper's first bulk
-    answers 503 (its shard is not started yet): asked again until it is.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            node.refresh(pattern)
-            return node.count(pattern)
-        except SearchError as e:
-            if e.status != 503 or time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+from tests.helpers import cpu_seconds, indexed, unique_index  # noqa: F401 (used by tests)
 
 
 def ship_states(daemons, queue: Queue) -> list[dict]:
@@ -49,13 +25,6 @@ def waiting_because(daemons, queue: Queue, *words: str) -> str | None:
         if state["state"] == "waiting" and all(w in why for w in words):
             return why
     return None
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        fields = f.read().rsplit(b")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def messages(n: int, **extra) -> list[bytes]:

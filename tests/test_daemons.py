@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from queues import Queue
-from tests.helpers import files, wait_for
+from tests.helpers import cpu_seconds, files, wait_for
 
 
 def fill(q: Queue, n: int, **extra) -> list[str]:
@@ -187,15 +187,9 @@ def test_idle_daemon_wakes_on_arrival_without_polling(tmp_path, daemons):
     # with a 60 s rescan interval only the inotify wake-up can explain these
     assert max(latencies) < 5, latencies
     assert statistics.median(latencies) < 0.1, latencies
-    cpu = _cpu_seconds(p.pid)
+    cpu = cpu_seconds(p.pid)
     time.sleep(2)
-    assert _cpu_seconds(p.pid) - cpu < 0.05, "an idle daemon must not spin"
-
-
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    assert cpu_seconds(p.pid) - cpu < 0.05, "an idle daemon must not spin"
 
 
 def test_several_outputs_get_derived_names_and_a_sink_consumes(tmp_path, daemons):

@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import time
-import uuid
 
 from search.node import SearchError
-
-
-def unique_index(tag: str) -> str:
-    return f"pipers-fault-{tag}-{uuid.uuid4().hex[:8]}"
+from tests.helpers import indexed, unique_index  # noqa: F401 (used by the fault tests)
 
 
 def create_index(node, index: str) -> None:
@@ -19,19 +14,6 @@ def create_index(node, index: str) -> None:
         "settings": {"number_of_shards": 1, "number_of_replicas": 0},
         "mappings": {"properties": {"seq": {"type": "long"}, "value": {"type": "long"}}},
     })
-
-
-def indexed(node, index: str, timeout: float = 60.0) -> int:
-    """Searchable documents now (refreshed); asks again while a shard is not ready (503)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            node.refresh(index)
-            return node.count(index)
-        except SearchError as e:
-            if e.status not in (503, None) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
 
 
 def seqs(node, index: str, page: int = 10_000) -> list[tuple[str, int]]:

@@ -18,7 +18,7 @@ from pipers.sources.reporter import CommitError, Reporter
 from queues import Queue
 from queues.names import split_owner
 from tests.faults.conftest import fill, free_bytes
-from tests.helpers import files, wait_for
+from tests.helpers import cpu_seconds, files, wait_for
 
 
 def _parsed(q: Queue, directory: str = "incoming") -> dict[str, dict]:
@@ -28,12 +28,6 @@ def _parsed(q: Queue, directory: str = "incoming") -> dict[str, dict]:
         with open(os.path.join(d, n), "rb") as f:
             out[n] = orjson.loads(f.read())  # a torn file would raise here
     return out
-
-
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _state(daemons, q: Queue) -> dict:
@@ -117,9 +111,9 @@ def test_a_daemon_whose_output_fills_the_disk_waits_and_resumes_by_itself(
     assert os.listdir(qmid.tmp) == [] and files(qin.errors) == []
 
     # Waiting is quiet: no busy loop on its own released claims, one log line.
-    cpu = _cpu_seconds(p.pid)
+    cpu = cpu_seconds(p.pid)
     time.sleep(3)  # six rounds of --queue-out-wait
-    assert _cpu_seconds(p.pid) - cpu < 0.5, "a daemon waiting for disk space must not spin"
+    assert cpu_seconds(p.pid) - cpu < 0.5, "a daemon waiting for disk space must not spin"
     assert daemons.log(p).count("No space left on device") == 1
     assert p.poll() is None
 
@@ -154,9 +148,9 @@ def test_a_bad_message_on_a_full_filesystem_waits_for_room_for_its_reason(
     finally:
         p.send_signal(signal.SIGCONT)
     assert sorted(held) == sorted(bad) and files(qa.errors) == []
-    cpu = _cpu_seconds(p.pid)
+    cpu = cpu_seconds(p.pid)
     time.sleep(2)
-    assert _cpu_seconds(p.pid) - cpu < 0.5, "a daemon waiting for disk space must not spin"
+    assert cpu_seconds(p.pid) - cpu < 0.5, "a daemon waiting for disk space must not spin"
     os.unlink(filler)
     wait_for(lambda: len(files(qa.errors)) == 40, timeout=60, what="bad messages to errors/")
     assert sorted(files(qa.errors)) == sorted(bad)
