@@ -37,27 +37,40 @@ class Duration(click.ParamType):
 DURATION = Duration()
 
 
-def _load_config(ctx: click.Context, param: click.Parameter, path: str | None) -> str | None:
-    if not path:
-        return path
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise click.BadParameter(f"cannot read {path}: {e.strerror}", ctx, param) from None
-    command = ctx.info_name or ""
+def read_config(path: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """A config file's settings: (those for every command, {section: its settings}).
+
+    Sections keep the file's order. Raises OSError if the file cannot be read and
+    ValueError (one line) if it does not parse.
+    """
+    with open(path, "rb") as f:
+        raw = f.read()
     try:
         if path.endswith(".toml"):
             doc = tomllib.loads(raw.decode())
             common = {k: v for k, v in doc.items() if not isinstance(v, dict)}
-            section = doc.get(command, {})
+            sections = {k: v for k, v in doc.items() if isinstance(v, dict)}
         else:
             cp = configparser.ConfigParser(interpolation=None)
             cp.read_string(raw.decode())
             common = dict(cp["pipers"]) if cp.has_section("pipers") else {}
-            section = dict(cp[command]) if cp.has_section(command) else {}
+            sections = {s: dict(cp[s]) for s in cp.sections() if s != "pipers"}
     except (tomllib.TOMLDecodeError, configparser.Error, UnicodeDecodeError) as e:
-        raise click.BadParameter(f"{path}: {str(e).splitlines()[0]}", ctx, param) from None
+        raise ValueError(f"{path}: {str(e).splitlines()[0]}") from None
+    return common, sections
+
+
+def _load_config(ctx: click.Context, param: click.Parameter, path: str | None) -> str | None:
+    if not path:
+        return path
+    try:
+        common, sections = read_config(path)
+    except OSError as e:
+        raise click.BadParameter(f"cannot read {path}: {e.strerror}", ctx, param) from None
+    except ValueError as e:
+        raise click.BadParameter(str(e), ctx, param) from None
+    command = ctx.info_name or ""
+    section = sections.get(command, {})
     known = {}  # setting name (flag without dashes, or parameter name) -> parameter
     for p in ctx.command.params:
         known[p.name] = p.name
@@ -89,14 +102,19 @@ def log_options(f: Callable) -> Callable:
     opts = [
         click.option("--log-level", type=LEVELS, default="INFO", show_default=True,
                      help="Level of messages written to stderr."),
-        click.option("--log-format", default=DEFAULT_FORMAT, help="Format for stderr."),
+        click.option("--log-format", default=DEFAULT_FORMAT, show_default=True,
+                     help="Format for stderr (Python logging %-style)."),
         click.option("--log-file", type=click.Path(dir_okay=False),
-                     help="Also log to this file (rotated by size)."),
-        click.option("--log-file-level", type=LEVELS, default="INFO", show_default=True),
-        click.option("--log-file-format", default=DEFAULT_FORMAT),
+                     help="Also log to this file (SIGHUP reopens it)."),
+        click.option("--log-file-level", type=LEVELS, default="INFO", show_default=True,
+                     help="Level of messages written to --log-file."),
+        click.option("--log-file-format", default=DEFAULT_FORMAT, show_default=True,
+                     help="Format for --log-file."),
         click.option("--log-max-bytes", type=click.IntRange(0), default=10 * 1024 * 1024,
-                     show_default=True, help="Rotate the log file at this size."),
-        click.option("--log-backup-count", type=click.IntRange(0), default=5, show_default=True),
+                     show_default=True,
+                     help="Rotate the log file at this size (0: never; use logrotate)."),
+        click.option("--log-backup-count", type=click.IntRange(0), default=5, show_default=True,
+                     help="Rotated log files kept (with --log-max-bytes)."),
         click.option("--quiet", is_flag=True, help="Nothing to stderr (log file only)."),
     ]
     for o in reversed(opts):
@@ -123,7 +141,8 @@ def daemon_options(*, queue_in: bool = True, queue_out: str = "optional") -> Cal
                                   "[default: 100; 500 with --durability fsync]."),
                 click.option("--once", is_flag=True, help="Drain the queue, then exit."),
                 click.option("--max-message-bytes", type=click.IntRange(1),
-                             default=16 * 1024 * 1024, show_default=True),
+                             default=16 * 1024 * 1024, show_default=True,
+                             help="Larger messages go to errors/ as too-large."),
                 click.option("--tmp-max-age", type=DURATION, default=36 * 3600.0,
                              show_default=True, help="Sweep files left in tmp/ this long."),
                 click.option("--journal-dir", type=click.Path(file_okay=False),

@@ -50,8 +50,10 @@ def parse(data: bytes, source: str) -> list[bytes]:
 @click.option("--queue-out-dir", required=True, type=click.Path(file_okay=False),
               help="The queue to put the messages into (created if missing).")
 @click.option("--durability", type=click.Choice(["none", "fsync"]), default="fsync",
-              show_default=True)
-@click.option("--group-access", is_flag=True)
+              show_default=True,
+              help="fsync: the messages survive power loss once put returns.")
+@click.option("--group-access", is_flag=True,
+              help="Queue directories 0770 and files 0660 (default 0700/0600).")
 @click.argument("files", nargs=-1, type=click.Path(dir_okay=False, allow_dash=True))
 def command(queue_out_dir, durability, group_access, files):
     """Enqueue JSON messages from FILES (or stdin): nothing is enqueued if any is invalid."""

@@ -634,7 +634,8 @@ def _rmdir(path: str) -> None:
 @click.option("--journal-dir", type=click.Path(file_okay=False),
               help="Where downstream daemons (run with the same --journal-dir) note finished "
               "messages [default: JOBS_DIR/.journal].")
-@click.option("--json-suffix", default=".json", show_default=True)
+@click.option("--json-suffix", default=".json", show_default=True,
+              help="Suffix of a submission's JSON file.")
 @click.option("--pair-suffix", default=".dump", show_default=True,
               help="Suffix of the companion file of the same stem.")
 @click.option("--settle-time", type=DURATION, default="00:00:02", show_default=True,

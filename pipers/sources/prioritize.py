@@ -80,7 +80,8 @@ def find(job_id: str, *, queues: list[Queue], jobs: list[Jobs], storage_root: st
               help="collect's drop directory.")
 @click.option("--deferred-storage-root", type=click.Path(file_okay=False),
               help="Where throttled submissions wait.")
-@click.option("--json-suffix", default=".json", show_default=True)
+@click.option("--json-suffix", default=".json", show_default=True,
+              help="Suffix of a submission's JSON file (as given to collect).")
 def command(job_id, queue_dirs, jobs_dirs, storage_root, deferred_storage_root, json_suffix):
     """Make job or message ID the next one processed, wherever it waits."""
     if deferred_storage_root and not storage_root:
