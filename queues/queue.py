@@ -423,7 +423,7 @@ class Queue:
     def replay(self, select: Callable[[str, dict], bool] = lambda n, s: True) -> list[str]:
         """Move chosen messages from errors/ back to incoming/ with a fresh count."""
         moved = []
-        for name, sidecar in list(self.error_entries()):
+        for name, sidecar in self.error_entries():  # lazily: select() can show progress
             if not select(name, sidecar):
                 continue
             base, _ = names.split_attempts(name)
@@ -529,7 +529,8 @@ class Batch:
         self._copied_from.append(src)
         return self.add(data, name, urgent=urgent)
 
-    def commit(self) -> list[str]:
+    def commit(self, progress: Callable[[int], object] | None = None) -> list[str]:
+        """Make the staged messages visible; `progress(n)` hears of each rename (`put`)."""
         if not self._staged and not self._urgent:
             return []
         q = self.queue
@@ -537,6 +538,8 @@ class Batch:
             syncfs(q.tmp)
         for src, name in self._staged:
             os.rename(src, os.path.join(q.incoming, name))
+            if progress is not None:
+                progress(1)
         if q.fsync:
             fsync_dir(q.incoming)
         if self._urgent:
