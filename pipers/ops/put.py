@@ -1,4 +1,8 @@
-"""`pipers put`: JSON or NDJSON from stdin or files into a queue, all or nothing."""
+"""`pipers put`: JSON or NDJSON from stdin or files into a queue, all or nothing.
+
+A big input shows progress bars on a terminal (reading many files, writing, committing);
+piped, the only output is the closing line.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ import click
 import orjson
 
 from queues import Queue
+
+from . import progress
 
 
 class InvalidInput(Exception):
@@ -58,14 +64,17 @@ def parse(data: bytes, source: str) -> list[bytes]:
 def command(queue_out_dir, durability, group_access, files):
     """Enqueue JSON messages from FILES (or stdin): nothing is enqueued if any is invalid."""
     messages: list[bytes] = []
+    sources = files or ("-",)
     try:
-        for path in files or ("-",):
-            if path == "-":
-                data, source = sys.stdin.buffer.read(), "<stdin>"
-            else:
-                with open(path, "rb") as f:
-                    data, source = f.read(), path
-            messages += parse(data, source)
+        with progress.bar(len(sources), "reading   ") as bar:  # many files
+            for path in sources:
+                if path == "-":
+                    data, source = sys.stdin.buffer.read(), "<stdin>"
+                else:
+                    with open(path, "rb") as f:
+                        data, source = f.read(), path
+                messages += parse(data, source)
+                bar.update(1)
     except InvalidInput as e:
         click.echo(f"pipers put: nothing enqueued:\n{e}", err=True)
         raise SystemExit(1) from None
@@ -73,7 +82,13 @@ def command(queue_out_dir, durability, group_access, files):
         raise click.UsageError(f"cannot read {e.filename}: {e.strerror}") from None
     queue = Queue(queue_out_dir, durability=durability, group_access=group_access)
     try:
-        queue.put_many(messages)
+        with queue.batch() as batch:  # all or nothing: visible together at the end
+            with progress.bar(len(messages), "writing   ") as bar:
+                for data in messages:
+                    batch.add(data)
+                    bar.update(1)
+            with progress.bar(len(messages), "committing") as bar:
+                batch.commit(progress=bar.update)
     except OSError as e:
         click.echo(f"pipers put: nothing enqueued: {e.strerror} ({e.filename})", err=True)
         raise SystemExit(1) from None

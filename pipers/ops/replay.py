@@ -1,4 +1,7 @@
-"""`pipers replay`: move messages from errors/ back to incoming/."""
+"""`pipers replay`: move messages from errors/ back to incoming/.
+
+Many errors show a progress bar on a terminal; piped, the output is the moved names.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +11,10 @@ import time
 import click
 
 from queues import Queue
+from queues.states import ERRORS
 
 from ..options import DURATION
+from . import progress
 
 
 def selector(reasons: tuple[str, ...], older_than: float | None, newer_than: float | None,
@@ -42,12 +47,20 @@ def command(reasons, older_than, newer_than, dry_run, queue_dir):
     except FileNotFoundError:
         raise click.UsageError(f"{queue_dir} is not a queue directory") from None
     select = selector(reasons, older_than, newer_than, time.time())
+    with progress.bar(queue.count(ERRORS), "replaying" if not dry_run else "reading") as bar:
+
+        def examined(name: str, sidecar: dict) -> bool:
+            bar.update(1)
+            return select(name, sidecar)
+
+        if dry_run:
+            chosen = [n for n, s in queue.error_entries() if examined(n, s)]
+        else:
+            moved = queue.replay(examined)
     if dry_run:
-        chosen = [n for n, s in queue.error_entries() if select(n, s)]
         for name in chosen:
             click.echo(f"would replay {name}")
         return
-    moved = queue.replay(select)
     for name in moved:
         click.echo(f"replayed {os.path.join(queue.incoming, name)}")
     click.echo(f"{len(moved)} messages back in {queue.incoming}", err=True)
