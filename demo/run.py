@@ -1,12 +1,20 @@
-"""`make demo`: the main job end to end against a real local search node.
+"""`make demo`: the sample configuration's full pipeline against a real local search node.
+
+    probe (etc/checks.example.py) ──┐
+    collect (JSON files dropped)  ──┼─► enrich ─► ship ─► OpenSearch
+    pipers put (demo/sample.ndjson) ┘
 
 1. start a private OpenSearch node (the project's search launcher, search/node.py)
-2. start `pipers enrich` and `pipers ship` as separate processes, chained only by
-   their queue directories (--queue-in-dir / --queue-out-dir)
-3. feed sample records with `pipers put` (demo/sample.ndjson plus generated ones)
-4. show `pipers status` of both queues, the document counts per index and one
-   document as the index holds it
-5. stop the daemons and the node
+2. copy etc/pipers.toml to build/demo/pipers.toml with only its paths moved under
+   build/demo/spool (and es-url pointed at the node): every daemon runs with
+   `--config build/demo/pipers.toml` plus its own --log-file, as the systemd units do
+3. start probe, collect, enrich and ship as separate processes, chained only by the
+   queue directories of the config
+4. drop a few JSON files for collect, feed records with `pipers put`; the probe runs
+   its checks on its own
+5. show `pipers status --config`, the documents per index, one document as the index
+   holds it, and the record the index refused (errors/ with its sidecar)
+6. stop the daemons and the node
 
 Everything lives under build/demo/ (removed at the next run). DEMO_DOCS sets how many
 generated records are added to the sample file (default 5000).
@@ -16,11 +24,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -31,10 +41,13 @@ from search.node import SEARCH_BUILD, SearchNode, find_free_port_base  # noqa: E
 
 DEMO = SEARCH_BUILD.parent / "demo"
 PIPERS = [sys.executable, "-m", "pipers"]
-INDEX_PREFIX = "pipers-demo"
+CONFIG = ROOT / "etc" / "pipers.toml"
+CHECKS = ROOT / "etc" / "checks.example.py"
 SAMPLE = ROOT / "demo" / "sample.ndjson"
+INDICES = "monitoring-*"  # the sample config's index-template and default-index
 SITES = ["LCG.CERN.cern", "LCG.CNAF.it", "LCG.GRIDKA.de", "LCG.RAL.uk", "LCG.IN2P3.fr"]
 STATUSES = ["Waiting", "Running", "Done", "Failed"]
+DROPPED = 3  # JSON files dropped for collect
 
 
 def say(text: str) -> None:
@@ -58,86 +71,130 @@ def generated(n: int) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
+def demo_config(spool: Path, es_url: str) -> str:
+    """etc/pipers.toml with its paths under `spool`, the probe's checks from
+    etc/checks.example.py and es-url at the demo node; nothing else changes."""
+    text = CONFIG.read_text()
+    text = text.replace("/var/spool/pipers", str(spool))
+    text = re.sub(r'(?m)^checks = "[^"]*"', f'checks = "{CHECKS}"', text)
+    text, n = re.subn(r"(?m)^es-url = .*$", f'es-url = ["{es_url}"]', text)
+    assert n == 1, "etc/pipers.toml: one es-url line expected"
+    return text
+
+
 def get(url: str):
     with urllib.request.urlopen(url, timeout=30) as resp:
         return json.loads(resp.read())
+
+
+def count(url: str, query: str = "") -> int:
+    try:
+        return get(f"{url}/{INDICES}/_count" + (f"?q={query}" if query else ""))["count"]
+    except urllib.error.HTTPError as e:  # 503 while a new index's shard starts
+        if e.code == 503:
+            return -1
+        raise
+
+
+def refresh(url: str) -> None:
+    req = urllib.request.Request(f"{url}/{INDICES}/_refresh?allow_no_indices=true",
+                                 method="POST")
+    with urllib.request.urlopen(req, timeout=30):
+        pass
 
 
 def pipers(*args: str, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([*PIPERS, *args], cwd=ROOT, check=True, **kw)
 
 
+def drop(directory: Path, stem: str, record: dict) -> None:
+    """Write a submission under a name collect ignores, then rename it in."""
+    hidden = directory / f".{stem}.json"
+    hidden.write_text(json.dumps(record))
+    os.rename(hidden, directory / f"{stem}.json")
+
+
 def main() -> int:
     extra = int(os.environ.get("DEMO_DOCS", "5000"))
     shutil.rmtree(DEMO, ignore_errors=True)
-    queues = DEMO / "queues"
-    q_enrich, q_ship, logs = queues / "enrich", queues / "ship", DEMO / "logs"
-    logs.mkdir(parents=True)
-    queues.mkdir()
+    spool, logs = DEMO / "spool", DEMO / "logs"
+    for d in (logs, spool / "drop", spool / "done", spool / "failed"):
+        d.mkdir(parents=True)
+    q_enrich, q_ship = spool / "enrich", spool / "ship"
 
     say("starting a local OpenSearch node (search/node.py, jars from Maven Central)")
     node = SearchNode(DEMO / "search", find_free_port_base(1), cluster_name="pipers-demo",
                       heap="512m")
     node.start(timeout=180)
     print(f"   {node.url} up in {node.last_start_seconds:.1f}s")
+    config = DEMO / "pipers.toml"
+    config.write_text(demo_config(spool, node.url))
+    print(f"   {config.relative_to(ROOT)}: etc/pipers.toml with its paths under "
+          f"{spool.relative_to(ROOT)}")
     daemons: list[subprocess.Popen] = []
+    ok = False
     try:
-        say("starting the chain: put -> [enrich] -> [ship] -> OpenSearch")
-        chain = [
-            ("enrich", "--queue-in-dir", str(q_enrich), "--queue-out-dir", str(q_ship),
-             "--host-field", "shipper_host", "--time-field", "received", "--set",
-             "pipeline=demo"),
-            ("ship", "--queue-in-dir", str(q_ship), "--es-url", node.url,
-             "--index-template", INDEX_PREFIX + "-{monitoringType}-{date:%Y.%m}",
-             "--time-field", "timestamp", "--default-index", INDEX_PREFIX + "-other",
-             "--flush-interval", "0.5"),
-        ]
-        for args in chain:
-            log = open(logs / f"{args[0]}.log", "wb")
-            daemons.append(subprocess.Popen([*PIPERS, *args], cwd=ROOT, stdout=log,
+        say("starting the pipeline: probe + collect + put -> [enrich] -> [ship] -> OpenSearch")
+        for name in ("probe", "collect", "enrich", "ship"):
+            args = [name, "--config", str(config.relative_to(ROOT)),
+                    "--log-file", str((logs / f"{name}.log").relative_to(ROOT))]
+            err = open(logs / f"{name}.stderr", "wb")  # warnings (the journal under systemd)
+            daemons.append(subprocess.Popen([*PIPERS, *args], cwd=ROOT, stdout=err,
                                             stderr=subprocess.STDOUT))
-            log.close()
+            err.close()
             print("   pipers " + " ".join(args))
+
+        say(f"dropping {DROPPED} JSON files into {(spool / 'drop').relative_to(ROOT)} "
+            "for collect")
+        for i in range(DROPPED):
+            drop(spool / "drop", f"job-{i}", {
+                "monitoringType": "JobReport", "timestamp": int(time.time() * 1000),
+                "job": 1000 + i, "Site": SITES[i], "Status": "Done"})
         sample = SAMPLE.read_bytes()
         feed = sample + generated(extra)
         records = feed.count(b"\n")
         say(f"feeding {records} records with `pipers put` ({SAMPLE.name} + {extra} generated)")
         pipers("put", "--queue-out-dir", str(q_enrich), input=feed)
         expected = records - 1  # one sample record breaks the mapping on purpose
-        deadline = time.monotonic() + 120
-        indexed = 0
+        deadline = time.monotonic() + 180
+        by_put = by_collect = by_probe = 0
         while time.monotonic() < deadline:
-            get_refresh(node.url)
-            indexed = get(f"{node.url}/{INDEX_PREFIX}-*/_count")["count"]
+            refresh(node.url)
+            by_collect = count(node.url, "_exists_:collect.job")
+            by_probe = count(node.url, "_exists_:check")
+            by_put = count(node.url) - by_collect - by_probe
             waiting = any(os.listdir(q / d) for q in (q_enrich, q_ship)
                           for d in ("incoming", "pending"))
-            if indexed >= expected and not waiting:
+            if by_put >= expected and by_collect >= DROPPED and by_probe > 0 and not waiting:
                 break
             time.sleep(0.5)
-        print(f"   {indexed} of {expected} documents indexed")
+        print(f"   from put: {by_put} of {expected}; from collect: {by_collect} of {DROPPED}; "
+              f"from the probe's checks: {by_probe}")
 
-        say("pipers status (queues; the shipper's state; errors by reason)")
-        pipers("status", str(q_enrich), str(q_ship))
+        say(f"pipers status --config {config.relative_to(ROOT)}")
+        pipers("status", "--config", str(config))
 
         say("documents per index (_cat/indices)")
-        for row in sorted(get(f"{node.url}/_cat/indices/{INDEX_PREFIX}-*?format=json"),
+        for row in sorted(get(f"{node.url}/_cat/indices/{INDICES}?format=json"),
                           key=lambda r: r["index"]):
             print(f"   {row['index']:<48} {row['docs.count']:>6} docs")
-        print(f"   total: {indexed}")
 
-        say("one document as the index holds it (_id = the message's name)")
-        hit = get(f"{node.url}/{INDEX_PREFIX}-datao*/_search?size=1&q=TransferOK:1")
-        hit = hit["hits"]["hits"][0]
-        print(json.dumps({k: hit[k] for k in ("_index", "_id", "_source")}, indent=2))
+        say("documents as the index holds them (_id = the message's name)")
+        for query in ("TransferOK:1", "_exists_:collect.job", "check:load"):
+            hits = get(f"{node.url}/{INDICES}/_search?size=1&q={query}")["hits"]["hits"]
+            if hits:
+                print(json.dumps({k: hits[0][k] for k in ("_index", "_id", "_source")},
+                                 indent=2))
 
         errors = sorted(n for n in os.listdir(q_ship / "errors") if n.endswith(".error.json"))
         if errors:
-            say("the record the index refused, with the engine's reason (fix it, then "
-                "`pipers replay`)")
+            say("the record the index refused: errors/ NAME and its sidecar NAME.error.json "
+                "(fix it, then `pipers replay` or mv it back to incoming/)")
             sidecar = json.loads((q_ship / "errors" / errors[0]).read_text())
-            print(f"   {q_ship / 'errors' / errors[0][: -len('.error.json')]}")
+            print(f"   {(q_ship / 'errors' / errors[0][: -len('.error.json')]).relative_to(ROOT)}")
             print(f"   reason: {sidecar['reason']}: {sidecar['message'][:160]}")
-        ok = indexed == expected and len(errors) == 1
+        ok = (by_put == expected and by_collect == DROPPED and by_probe > 0
+              and len(errors) == 1)
     finally:
         say("stopping the daemons and the node")
         for p in daemons:
@@ -148,16 +205,9 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 p.kill()
         node.stop()
-        print(f"   stopped; queues and logs are in {DEMO}")
+        print(f"   stopped; queues and logs are in {DEMO.relative_to(ROOT)}")
     print("\ndemo " + ("OK" if ok else "FAILED: not every document arrived"))
     return 0 if ok else 1
-
-
-def get_refresh(url: str) -> None:
-    req = urllib.request.Request(f"{url}/{INDEX_PREFIX}-*/_refresh?allow_no_indices=true",
-                                 method="POST")
-    with urllib.request.urlopen(req, timeout=30):
-        pass
 
 
 if __name__ == "__main__":

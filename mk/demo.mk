@@ -1,7 +1,9 @@
-# `make demo`: the main job end to end - a local OpenSearch node, `pipers enrich` and
-# `pipers ship` as separate processes chained by queue directories, sample data fed with
-# `pipers put`, then queue status, document counts and a sample document. See
-# docs/shipper.md. Knob: DEMO_DOCS (generated records on top of demo/sample.ndjson).
+# `make demo`: the sample configuration's full pipeline end to end - a local OpenSearch
+# node; `pipers probe` (etc/checks.example.py), `pipers collect` (a few dropped JSON files)
+# and `pipers put` (demo/sample.ndjson) feeding `pipers enrich` and `pipers ship`, each a
+# separate process started with etc/pipers.toml (its paths moved under build/demo/); then
+# `pipers status`, document counts and sample documents. See demo/run.py.
+# Knob: DEMO_DOCS (generated records on top of demo/sample.ndjson).
 DEMO_DOCS ?= 5000
 
 .PHONY: demo
