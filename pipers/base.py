@@ -24,6 +24,9 @@ from queues.journal import Journal
 from queues.names import child_name
 
 from . import logs
+from .lineage import FIELD as TRACE_FIELD
+from .lineage import Tracer
+from .metrics import SAMPLE_EVERY, Metrics
 from .waker import Waker
 
 UNCHANGED = object()  # process() result: forward the input bytes as they are
@@ -52,6 +55,11 @@ class Options:
     max_message_bytes: int = 16 * 1024 * 1024
     tmp_max_age: float = 36 * 3600.0
     journal_dir: str | None = None  # note messages whose life ends here (collect cleanup)
+    metrics_port: int = 0  # Prometheus endpoint (0: off); see pipers/metrics.py
+    metrics_address: str = "127.0.0.1"
+    metrics_textfile: str | None = None  # for node_exporter's textfile collector
+    trace: bool = False  # lineage: append this daemon to each message (pipers/lineage.py)
+    trace_field: str = TRACE_FIELD
 
     def __post_init__(self) -> None:
         if self.batch_size is None:
@@ -106,8 +114,17 @@ class Daemon:
         self.drained = False
         self._reopen_logs = False
         self._state: tuple | None = None
+        self._state_extra: dict = {}
+        self._next_stats = 0.0  # next write of the state file's counters while busy
         self.queue_out = options.queue(options.queue_out_dir) if options.queue_out_dir else None
         self.gate = Gate(self.queue_out, options.queue_out_limit) if self.queue_out else None
+        self.metrics = Metrics(
+            self.name, options.queue_in_dir or options.queue_out_dir or "",
+            port=options.metrics_port, address=options.metrics_address,
+            textfile=options.metrics_textfile, clock=clock,
+        )
+        self.tracer = Tracer(self.name, options.trace_field, clock=clock) \
+            if options.trace else None
 
     # -- what subclasses fill in ------------------------------------------------------------
 
@@ -129,11 +146,22 @@ class Daemon:
 
     def run(self) -> int:
         self._install_signals()
+        try:
+            self.metrics.start()
+        except OSError as e:
+            self.log.error("cannot serve metrics on %s:%d: %s", self.options.metrics_address,
+                           self.options.metrics_port, e.strerror or e)
+            self.metrics.stop()
+            self.waker.close()
+            return 1
         self.initialize()
         self.set_state("running")
         try:
             while not self.stopping:
-                wait = self.loop(self.clock())
+                now = self.clock()
+                wait = self.loop(now)
+                if now >= self._next_stats and self.metrics.changed():
+                    self._write_state(now)  # counters of a busy daemon: every few seconds
                 if self.options.once and self.drained:
                     break
                 if wait > 0 and not self.stopping:
@@ -144,8 +172,11 @@ class Daemon:
                     self.log.info("log files reopened")
         finally:
             self.shutdown()
+            self._state = ("stopped", "")
+            self._write_state(self.clock(), idle=True)
             if self.state_queue is not None:
                 self.state_queue.clear_state(self.name)
+            self.metrics.stop()
             self.waker.close()
         self.log.info("stopped")
         return 0
@@ -174,13 +205,24 @@ class Daemon:
         if key == self._state:
             return
         self._state = key
+        self._state_extra = extra
         if why:
             self.log.info("%s: %s", state, why)
-        if self.state_queue is not None:
-            try:
-                self.state_queue.write_state(self.name, {"state": state, "why": why, **extra})
-            except OSError as e:
-                self.log.warning("cannot record state: %s", e)
+        self._write_state(self.clock(), idle=state == "idle")
+
+    def _write_state(self, now: float, idle: bool = False) -> None:
+        """The state file: state, why, and the counters with their recent history."""
+        self._next_stats = now + SAMPLE_EVERY
+        if self.state_queue is None:
+            return
+        state, why = self._state or ("running", "")
+        try:
+            self.state_queue.write_state(self.name, {
+                "state": state, "why": why, **self._state_extra,
+                **self.metrics.state(now, idle=idle),
+            })
+        except OSError as e:
+            self.log.warning("cannot record state: %s", e)
 
     # -- writing output --------------------------------------------------------------------------
 
@@ -198,10 +240,18 @@ class Daemon:
 
     def emit(self, messages: list[Any]) -> list[str]:
         """Sources: enqueue new messages into --queue-out-dir as one group commit."""
+        if self.tracer is not None:
+            messages = [self.tracer.stamp(m) for m in messages]
+        data = [orjson.dumps(m) for m in messages]
         with self.queue_out.batch() as b:
-            names = [b.add(orjson.dumps(m)) for m in messages]
+            names = [b.add(d) for d in data]
         self.gate.added(len(names))
+        self.count_emitted(data)
         return names
+
+    def count_emitted(self, data: list[bytes]) -> None:
+        """Sources: messages taken in and written to --queue-out-dir (one batch)."""
+        self.metrics.add(received=len(data), forwarded=len(data), bytes=sum(map(len, data)))
 
 
 class Piper(Daemon):
@@ -221,6 +271,9 @@ class Piper(Daemon):
         self._next_maintenance = 0.0
         self._paused_until = 0.0  # output full: arrivals (or our own releases) do not wake us
         self.processed = 0
+        self._dropped = self._bytes = 0  # of the batch in hand (metrics)
+        if self.tracer is not None:  # off: process() and the zero-copy move stay as they are
+            self.process = self.tracer.wrap(self.process)
 
     @property
     def state_queue(self) -> Queue:
@@ -288,6 +341,8 @@ class Piper(Daemon):
         batches: dict[str, Batch] = {}
         finished: list[Claim] = []
         in_hand = 0
+        settled = self.metrics.totals["failed"] + self.metrics.totals["retried"]
+        self._dropped = self._bytes = 0
         try:
             for claim in claims:
                 if self.stopping and in_hand:
@@ -307,6 +362,7 @@ class Piper(Daemon):
             if self.journal is not None:
                 self.journal.discard()  # their consumption was not committed
             self._release([c for c in claims if os.path.lexists(c.path)])
+            self.metrics.add(received=len(claims), bytes=self._bytes)
             where = ", ".join(batches) or e.filename
             self.set_state("waiting", f"cannot write output: {e.strerror} ({where})")
             self._paused_until = self.clock() + self.options.queue_out_wait
@@ -320,6 +376,11 @@ class Piper(Daemon):
                 pass  # moved (zero copy) into the next queue
         if self.journal is not None:
             self.journal.flush()  # one small file per batch, after the batch is on disk
+        totals = self.metrics.totals  # failed or given back (errors/ full) one by one
+        settled = totals["failed"] + totals["retried"] - settled
+        self.metrics.add(received=len(claims), forwarded=in_hand - self._dropped - settled,
+                         dropped=self._dropped, bytes=self._bytes)
+        self.metrics.finished([c.name for c in claims[:in_hand]], self.clock())
         self._release(claims[in_hand:])
         self.processed += in_hand
         return 0.0
@@ -330,11 +391,13 @@ class Piper(Daemon):
                 self.queue_in.release(claim)
             except FileNotFoundError:
                 pass
+        self.metrics.add(retried=len(claims))
 
     def _one(self, claim: Claim, batches: dict[str, Batch]) -> bool:
         """Process one claim; True if its file is to be removed once the batches commit."""
         try:
             data = self.queue_in.read(claim)
+            self._bytes += len(data)
             try:
                 message = orjson.loads(data)
             except orjson.JSONDecodeError as e:
@@ -348,8 +411,10 @@ class Piper(Daemon):
             self.fail(claim, Reason.EXCEPTION, f"{type(e).__name__}: {e}",
                       tb=traceback.format_exc())
             return False
-        if not outputs and self.journal is not None:
-            self.journal.ok(claim.id)  # consumed here: its life ends
+        if not outputs:
+            self._dropped += 1
+            if self.journal is not None:
+                self.journal.ok(claim.id)  # consumed here: its life ends
         if len(outputs) == 1 and outputs[0][1] is None:
             queue = outputs[0][0]
             batch = batches.get(queue.path) or batches.setdefault(queue.path, queue.batch())
@@ -385,12 +450,14 @@ class Piper(Daemon):
         try:
             self.queue_in.fail(claim, reason, message, daemon=self.name, traceback=tb,
                                detail=detail)
+            self.metrics.add(failed=1)
             if self.journal is not None:
                 self.journal.failed(claim.id)
         except OSError as e:
             if e.errno not in _FULL_ERRNOS:
                 raise
             self.queue_in.release(claim)  # no room even for the reason: keep it for later
+            self.metrics.add(retried=1)
             self.set_state("waiting", f"cannot write to errors/: {e.strerror} "
                            f"({self.queue_in.errors})")
             self._paused_until = self.clock() + self.options.queue_out_wait

@@ -170,6 +170,7 @@ def daemon_options(*, queue_in: bool = True, queue_out: str = "optional") -> Cal
                          help="Detach into the background (needs --log-file)."),
             click.option("--pid-file", type=click.Path(dir_okay=False),
                          help="Write the pid here; refuse to start if it names a live process."),
+            *metrics_options(),
         ]
         for o in reversed(opts):
             f = o(f)
@@ -177,6 +178,33 @@ def daemon_options(*, queue_in: bool = True, queue_out: str = "optional") -> Cal
         return config_option(f)
 
     return decorate
+
+
+def metrics_options() -> list[Callable]:
+    """--metrics-* (pipers/metrics.py) and --trace (pipers/lineage.py), on every daemon."""
+    return [
+        click.option("--metrics-port", type=click.IntRange(0, 65535), default=0,
+                     show_default=True,
+                     help="Serve Prometheus metrics at http://ADDRESS:PORT/metrics (0: off)."),
+        click.option("--metrics-address", default="127.0.0.1", show_default=True,
+                     help="Address the metrics endpoint listens on."),
+        click.option("--metrics-textfile", type=click.Path(dir_okay=False),
+                     help="Write the metrics to this file (*.prom, for node_exporter's "
+                          "textfile collector) every 5 s and at exit [default: off]."),
+        trace_option(),
+        trace_field_option(),
+    ]
+
+
+def trace_option() -> Callable:
+    return click.option("--trace", is_flag=True,
+                        help="Lineage: append this daemon's name, host and time to each "
+                             "message's trace list [default: off].")
+
+
+def trace_field_option() -> Callable:
+    return click.option("--trace-field", default="pipers_trace", show_default=True,
+                        metavar="FIELD", help="The message field holding the trace list.")
 
 
 _OPTION_FIELDS = set(Options.__dataclass_fields__)
@@ -190,7 +218,8 @@ _LOG_FIELDS = {
 def split(params: dict[str, Any]) -> tuple[Options, LogOptions, dict[str, Any], dict[str, Any]]:
     """(queue options, log options, detach options, the command's own options)."""
     params = dict(params)
-    for key in ("queue_in_dir", "queue_out_dir", "log_file", "pid_file", "journal_dir"):
+    for key in ("queue_in_dir", "queue_out_dir", "log_file", "pid_file", "journal_dir",
+                "metrics_textfile"):
         if params.get(key):
             params[key] = os.path.abspath(params[key])
     options = Options(**{k: params.pop(k) for k in list(params) if k in _OPTION_FIELDS})

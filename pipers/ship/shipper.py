@@ -218,9 +218,14 @@ class Ship(Piper):
     def handle(self, claims: list[Claim]) -> float:
         """Read claimed messages into the hand; a message that is not a JSON object fails."""
         now = self.clock()
+        nbytes = 0
         for claim in claims:
             try:
-                item = make_item(claim, self.queue_in.read(claim), self.namer)
+                data = self.queue_in.read(claim)
+                nbytes += len(data)
+                if self.tracer is not None:  # --trace: the document carries our entry too
+                    data = self.tracer.stamp_bytes(data)
+                item = make_item(claim, data, self.namer)
             except BadMessage as e:
                 self.fail(claim, e.reason, str(e))
                 continue
@@ -231,6 +236,7 @@ class Ship(Piper):
                 self.hand_since = now
             self.hand.append(item)
             self.hand_bytes += item.size
+        self.metrics.add(received=len(claims), bytes=nbytes)
         if self.journal is not None:
             self.journal.flush()  # notes of messages that failed here (not JSON objects)
         return 0.0
@@ -258,6 +264,7 @@ class Ship(Piper):
         payload = body(items)
         if self._sender is None:
             self._sender = ThreadPoolExecutor(1, thread_name_prefix="pipers-bulk")
+        self.metrics.add(bundles=1)
         future = self._sender.submit(self._post, payload)
         future.add_done_callback(lambda _: self.waker.wake())
         self.flight = Flight(items, payload, future)
@@ -278,13 +285,16 @@ class Ship(Piper):
                payload: bytes) -> None:
         refused: list[ItemResult] = []
         rejected: list[tuple[Item, str]] = []
+        before = (self.delivered, self.rejected)
         try:
             self._ship(items, refused, rejected, answer, payload)
         except Unavailable as e:
+            self._count(now, items, before)
             self._keep(items)
             self._settle(rejected)
             self._outage(now, str(e))
             return
+        self._count(now, items, before)
         self._keep(items)
         self._settle(rejected)
         if self.down_since is not None:
@@ -307,6 +317,13 @@ class Ship(Piper):
             self.backoff.reset()
             self.set_state("running")
 
+    def _count(self, now: float, items: list[Item], before: tuple[int, int]) -> None:
+        """Metrics of one answer: delivered, refused for good, kept for a resend."""
+        self.metrics.add(forwarded=self.delivered - before[0],
+                         failed=self.rejected - before[1],
+                         retried=sum(not item.finished for item in items))
+        self.metrics.finished([item.claim.name for item in items if item.finished], now)
+
     def _ship(self, items: list[Item], refused: list[ItemResult],
               rejected: list[tuple[Item, str]], answer: Answer | Unavailable | None = None,
               payload: bytes | None = None) -> None:
@@ -316,6 +333,7 @@ class Ship(Piper):
         """
         if answer is None:
             payload = body(items)
+            self.metrics.add(bundles=1)
             answer = self.client.bulk(payload)
         if isinstance(answer, Unavailable):
             raise answer
@@ -462,6 +480,7 @@ class Ship(Piper):
             except FileNotFoundError:
                 pass
         if returned:
+            self.metrics.add(retried=returned)
             self.log.info("returned %d unsent messages to incoming/", returned)
         self.hand = []
         if self.failover is not None:

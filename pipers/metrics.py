@@ -1,0 +1,202 @@
+"""What a daemon did, counted: Prometheus metrics and the figures `pipers status` reads.
+
+One `Metrics` object per daemon process. The daemon adds to it once per batch
+(`add`), never per message; the counters are prometheus_client's own, in a
+registry of their own, labelled ``daemon`` (its name) and ``queue`` (the queue
+it consumes, or feeds when it is a source)::
+
+    pipers_received_messages_total   claimed from the input queue (sources: taken in)
+    pipers_forwarded_messages_total  written to a next queue / acknowledged by the cluster
+    pipers_dropped_messages_total    finished without output (a filter or function said None)
+    pipers_failed_messages_total     moved to errors/
+    pipers_retried_messages_total    released to be tried again (shipper: documents resent)
+    pipers_bundles_total             bulk requests sent (shipper)
+    pipers_message_bytes_total       bytes of the messages read
+    pipers_latency_seconds           histogram: age of a message (from the time in its
+                                     name) when this daemon finished it
+
+They are served over HTTP (``--metrics-port``, with the process collector) and/or
+written to a file for node_exporter's textfile collector (``--metrics-textfile``,
+every few seconds and at exit, atomically). The latency histogram is observed
+only when one of the two is on; the counters always run, because the state file
+carries their totals and a short history of them (`state`) for `pipers status`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+    write_to_textfile,
+)
+
+from queues.names import name_time
+
+KINDS = ("received", "forwarded", "dropped", "failed", "retried", "bundles", "bytes")
+NAMES = {
+    "received": ("pipers_received_messages",
+                 "Messages claimed from the input queue (sources: messages taken in)."),
+    "forwarded": ("pipers_forwarded_messages",
+                  "Messages written to a next queue (shipper: acknowledged by the cluster)."),
+    "dropped": ("pipers_dropped_messages",
+                "Messages finished without any output (a filter or function returned None)."),
+    "failed": ("pipers_failed_messages", "Messages moved to errors/."),
+    "retried": ("pipers_retried_messages",
+                "Messages released to be tried again (shipper: documents kept for a resend)."),
+    "bundles": ("pipers_bundles", "Bulk requests sent to the search cluster (shipper)."),
+    "bytes": ("pipers_message_bytes", "Bytes of the messages read."),
+}
+LATENCY = "pipers_latency_seconds"
+LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                   30.0, 60.0, 300.0, 900.0, 3600.0, 86400.0, float("inf"))
+SAMPLE_EVERY = 5.0  # seconds between history samples (and state file writes while busy)
+HISTORY_SPAN = 70.0  # seconds of history kept
+HISTORY_BASE = 60.0  # ... and always one sample at least this old, if there is one
+TEXTFILE_EVERY = 5.0  # seconds between writes of --metrics-textfile
+
+log = logging.getLogger("pipers.metrics")
+
+
+class Metrics:
+    """Counters, a latency histogram and their exporters for one daemon process."""
+
+    def __init__(self, daemon: str, queue: str = "", *, port: int = 0,
+                 address: str = "127.0.0.1", textfile: str | None = None,
+                 clock=time.time):
+        self.daemon, self.queue = daemon, queue
+        self.port, self.address, self.textfile = port, address, textfile
+        self.clock = clock
+        self.exporting = bool(port or textfile)
+        self.registry = CollectorRegistry()
+        labels = {"daemon": daemon, "queue": queue}
+        self._counters = {
+            kind: Counter(name, doc, list(labels), registry=self.registry).labels(**labels)
+            for kind, (name, doc) in NAMES.items()
+        }
+        self._latency = Histogram(
+            LATENCY, "Age of a message (from the time in its name) when this daemon finished "
+            "it.", list(labels), buckets=LATENCY_BUCKETS, registry=self.registry,
+        ).labels(**labels)
+        self.totals = dict.fromkeys(KINDS, 0)
+        self.history: list[list[float]] = [[round(clock(), 3), 0]]
+        self._sampled = dict(self.totals)  # totals as of the last state write
+        self._server = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # -- counting ---------------------------------------------------------------------------
+
+    def add(self, **counts: int) -> None:
+        """Add to the counters (once per batch): ``add(received=100, forwarded=98)``."""
+        for kind, n in counts.items():
+            if n:
+                self.totals[kind] += n
+                self._counters[kind].inc(n)
+
+    def finished(self, names: Iterable[str], now: float) -> None:
+        """Observe the latency of messages finished at `now` (only when exporting)."""
+        if not self.exporting:
+            return
+        observe = self._latency.observe
+        for name in names:
+            t = name_time(name)
+            if t is not None:
+                observe(max(0.0, now - t))
+
+    @property
+    def processed(self) -> int:
+        t = self.totals
+        return t["forwarded"] + t["dropped"] + t["failed"]
+
+    # -- the state file (`pipers status`) -----------------------------------------------------
+
+    def changed(self) -> bool:
+        """Any counter moved since the last `state`."""
+        return self.totals != self._sampled
+
+    def state(self, now: float, idle: bool = False) -> dict:
+        """``counters`` (totals since start) and ``history`` ([[time, processed], ...]).
+
+        A sample is taken when the last one is at least SAMPLE_EVERY old; when
+        the daemon goes idle or stops (`idle`), the figure of the moment is
+        always recorded (the newest sample moves forward if it is younger than
+        SAMPLE_EVERY, so samples stay that far apart). Samples older than
+        HISTORY_SPAN go, but the newest one at or before now - HISTORY_BASE stays.
+        """
+        history, processed = self.history, self.processed
+        t = round(now, 3)
+        if processed != history[-1][1]:
+            if t - history[-1][0] >= SAMPLE_EVERY or (idle and len(history) == 1):
+                history.append([t, processed])
+            elif idle:
+                history[-1] = [t, processed]
+        start = 0
+        while start < len(history) - 1 and history[start][0] < now - HISTORY_SPAN \
+                and history[start + 1][0] <= now - HISTORY_BASE:
+            start += 1
+        if start:
+            del history[:start]
+        self._sampled = dict(self.totals)
+        return {"counters": dict(self.totals), "history": [list(s) for s in history]}
+
+    # -- exporting ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the HTTP endpoint and start the textfile writer (after detaching).
+
+        OSError if the port cannot be bound.
+        """
+        if self.port:
+            served = CollectorRegistry()
+            served.register(self.registry)
+            ProcessCollector(registry=served)
+            PlatformCollector(registry=served)
+            self._server, _ = start_http_server(self.port, self.address, registry=served)
+            log.info("metrics on http://%s:%d/metrics", self.address, self.port)
+        if self.textfile:
+            error = self.write_textfile()
+            if error is not None:
+                log.warning("cannot write metrics to %s: %s", self.textfile, error)
+            self._thread = threading.Thread(target=self._write_every, daemon=True,
+                                            name="pipers-metrics-textfile")
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Last textfile write; close the endpoint."""
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+        if self.textfile and self.write_textfile() is not None:
+            log.warning("cannot write metrics to %s at exit", self.textfile)
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def write_textfile(self) -> OSError | None:
+        """Write the textfile now (a temporary file renamed over it); the error, if any."""
+        try:
+            write_to_textfile(self.textfile, self.registry)
+        except OSError as e:
+            return e
+        return None
+
+    def _write_every(self) -> None:
+        failing = False
+        while not self._stop.wait(TEXTFILE_EVERY):
+            error = self.write_textfile()
+            if error is not None and not failing:
+                log.warning("cannot write metrics to %s: %s", self.textfile, error)
+            elif error is None and failing:
+                log.info("metrics written to %s again", self.textfile)
+            failing = error is not None

@@ -1,0 +1,204 @@
+"""Metrics: real daemons' Prometheus endpoint, textfile and state-file counters.
+
+filter (drops some, fails an invalid file) -> enrich -> ship into the real search
+node (which refuses one document for its mapping); every counter must equal
+what was sent, dropped, failed and delivered.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import urllib.request
+
+import orjson
+from prometheus_client.parser import text_string_to_metric_families
+
+from pipers.metrics import HISTORY_BASE, HISTORY_SPAN, SAMPLE_EVERY, Metrics
+from queues import Queue
+from tests.helpers import files, indexed, unique_index, wait_for
+
+KEPT, DROPPED = 40, 15
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def parse(text: str) -> dict[str, float]:
+    """``{"received": n, ..., "latency_count": n}`` from Prometheus text (one daemon)."""
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            name = sample.name
+            if name.startswith("pipers_") and name.endswith("_total"):
+                kind = name[len("pipers_"):-len("_total")]
+                kind = {"message_bytes": "bytes"}.get(kind, kind.replace("_messages", ""))
+                found[kind] = sample.value
+                assert sample.labels["daemon"] and sample.labels["queue"]
+            elif name == "pipers_latency_seconds_count":
+                found["latency_count"] = sample.value
+            elif name.startswith("process_"):
+                found["process"] = 1
+    return found
+
+
+def scrape(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        return parse(r.read().decode())
+
+
+def state_of(queue: Queue, daemon: str) -> dict | None:
+    for state in queue.states():
+        if state["daemon"] == daemon:
+            return state
+    return None
+
+
+def test_counters_match_the_messages_through_filter_enrich_and_ship(
+        tmp_path, daemons, search_node):
+    index = unique_index("metrics")
+    search_node.request("PUT", f"/{index}",
+                        {"mappings": {"properties": {"i": {"type": "long"}}}})
+    qf, qe, qs = (Queue(tmp_path / n) for n in ("filter", "enrich", "ship"))
+    sent = [orjson.dumps({"i": i, "keep": True}) for i in range(KEPT - 1)]
+    sent += [orjson.dumps({"i": i}) for i in range(DROPPED)]  # no "keep": the filter drops
+    sent += [b"{not json", orjson.dumps({"i": "not a number", "keep": True})]
+    qf.put_many(sent)  # the last one passes filter and enrich; the cluster refuses it
+    textfile = tmp_path / "filter.prom"
+    ports = {"enrich": free_port(), "ship": free_port()}
+    common = ("--queue-in-wait", "1")
+    filt = daemons.start("filter", "--queue-in-dir", qf.path, "--queue-out-dir", qe.path,
+                         "--where", "keep", "--metrics-textfile", str(textfile), *common)
+    enrich = daemons.start("enrich", "--queue-in-dir", qe.path, "--queue-out-dir", qs.path,
+                           "--set", "site=cern", "--metrics-port", str(ports["enrich"]),
+                           *common)
+    ship = daemons.start("ship", "--queue-in-dir", qs.path, "--es-url", search_node.urls[0],
+                         "--default-index", index, "--metrics-port", str(ports["ship"]),
+                         *common)
+    wait_for(lambda: indexed(search_node, index) == KEPT - 1 and files(qs.errors),
+             timeout=60, what="the kept documents and one refusal")
+
+    want = {
+        "enrich": {"received": KEPT, "forwarded": KEPT, "dropped": 0, "failed": 0,
+                   "retried": 0, "bundles": 0},
+        "ship": {"received": KEPT, "forwarded": KEPT - 1, "dropped": 0, "failed": 1,
+                 "retried": 0},
+    }
+    for daemon, port in ports.items():
+        got = wait_for(lambda p=port, d=daemon: (
+            lambda m: m if m.get("failed", 0) + m.get("forwarded", 0) >= KEPT else None
+        )(scrape(p)), what=f"{daemon}'s counters")
+        assert {k: got[k] for k in want[daemon]} == want[daemon], daemon
+        assert got["latency_count"] == KEPT  # one observation per finished message
+        assert got["bytes"] > 0 and got["process"] == 1
+    assert scrape(ports["ship"])["bundles"] >= 1
+    enrich_bytes = scrape(ports["enrich"])["bytes"]
+    assert enrich_bytes == sum(len(m) for m in sent if b"keep" in m)  # filter moves them
+
+    # The state file of each daemon (for `pipers status`): the same totals and a history
+    # whose last sample is everything processed, written when the daemon went idle.
+    for queue, daemon, processed in ((qf, "filter", len(sent)), (qe, "enrich", KEPT),
+                                     (qs, "ship", KEPT)):
+        state = wait_for(lambda q=queue, d=daemon, n=processed: (
+            lambda s: s if s and s["state"] == "idle" and s["history"][-1][1] == n else None
+        )(state_of(q, d)), what=f"{daemon}'s idle state")
+        c = state["counters"]
+        assert set(c) == {"received", "forwarded", "dropped", "failed", "retried", "bundles",
+                          "bytes"}
+        assert c["forwarded"] + c["dropped"] + c["failed"] == processed
+        times = [t for t, _ in state["history"]]
+        assert times == sorted(times) and state["history"][0][1] <= processed
+    filter_state = state_of(qf, "filter")["counters"]
+    assert filter_state["dropped"] == DROPPED and filter_state["failed"] == 1
+    assert filter_state["forwarded"] == KEPT and filter_state["bytes"] == sum(map(len, sent))
+    assert state_of(qs, "ship")["counters"]["bundles"] >= 1
+
+    # The textfile: written while running and at exit, parsed by prometheus_client.
+    wait_for(lambda: textfile.exists(), what="the textfile")
+    for p in (filt, enrich, ship):
+        p.send_signal(signal.SIGTERM)
+    assert [p.wait(30) for p in (filt, enrich, ship)] == [0, 0, 0]
+    final = parse(textfile.read_text())
+    assert {k: final[k] for k in ("received", "forwarded", "dropped", "failed", "retried")} \
+        == {"received": len(sent), "forwarded": KEPT, "dropped": DROPPED, "failed": 1,
+            "retried": 0}
+    assert final["latency_count"] == len(sent) and "process" not in final
+    assert files(qf.errors) and files(qs.errors)
+    assert not list(tmp_path.glob("filter.prom.*"))  # no temporary file left behind
+
+
+def test_a_busy_port_stops_the_daemon_with_a_clear_error(tmp_path, daemons):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = daemons.run("pass", "--queue-in-dir", str(tmp_path / "a"),
+                        "--queue-out-dir", str(tmp_path / "b"), "--metrics-port", str(port),
+                        timeout=60)
+    assert r.returncode == 1
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in r.stderr.decode()
+
+
+def test_metrics_off_by_default_and_every_daemon_has_the_options(daemons):
+    for command in ("pass", "enrich", "filter", "print", "run", "ship", "probe", "collect"):
+        r = daemons.run(command, "--help")
+        out = " ".join(r.stdout.decode().split())
+        assert r.returncode == 0, command
+        for flag in ("--metrics-port INTEGER RANGE Serve Prometheus metrics",
+                     "--metrics-address TEXT", "--metrics-textfile FILE", "--trace ",
+                     "--trace-field FIELD", "[default: 0;", "[default: pipers_trace]"):
+            assert flag in out, (command, flag)
+
+
+class Clock:
+    def __init__(self, t: float = 1000.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_history_samples_every_few_seconds_and_keeps_a_minute_and_more():
+    clock = Clock()
+    m = Metrics("enrich", "/q", clock=clock)
+    assert m.state(clock.t)["history"] == [[1000.0, 0]]
+    for _ in range(30):  # a busy daemon, its state written every second
+        clock.t += 1
+        m.add(received=10, forwarded=9, dropped=1)
+        state = m.state(clock.t)
+    history = state["history"]
+    assert state["counters"]["received"] == 300 and history[-1] == [1030.0, 300]
+    assert all(b[0] - a[0] >= SAMPLE_EVERY for a, b in zip(history, history[1:], strict=False))
+    clock.t += 2
+    m.add(forwarded=5)  # then it goes idle: the figure of the moment is recorded at once
+    history = m.state(clock.t, idle=True)["history"]
+    assert history[-1] == [1032.0, 305] and history[-2][0] <= 1032.0 - SAMPLE_EVERY
+    clock.t += 1
+    m.add(failed=1)
+    assert m.state(clock.t, idle=True)["history"][-1] == [1033.0, 306]  # moved, not added
+    assert len(m.state(clock.t, idle=True)["history"]) == len(history)
+    for _ in range(20):  # a long busy spell: old samples go, one at or before now-60 stays
+        clock.t += SAMPLE_EVERY
+        m.add(forwarded=1)
+        history = m.state(clock.t)["history"]
+        assert history[0][0] <= clock.t - HISTORY_BASE or history[0][0] == 1000.0
+        assert history[1][0] > clock.t - HISTORY_SPAN
+    assert history[0][0] > 1000.0  # the start is long gone
+    assert not m.changed() and m.state(clock.t)["history"] == history  # no change, no sample
+
+
+def test_latency_is_observed_only_when_exported(tmp_path):
+    quiet = Metrics("pass", "/q")
+    exported = Metrics("pass", "/q", textfile=str(tmp_path / "x.prom"))
+    for m in (quiet, exported):  # a message named 1.5 s before now; a name without a time
+        m.finished(["1700000000000000.1_0.host", "not-a-time"], 1700000001.5)
+    assert exported.write_textfile() is None
+    text = (tmp_path / "x.prom").read_text()
+    assert parse(text)["latency_count"] == 1
+    assert 'pipers_latency_seconds_bucket{daemon="pass",le="1.0",queue="/q"} 0.0' in text
+    assert 'pipers_latency_seconds_bucket{daemon="pass",le="2.5",queue="/q"} 1.0' in text
+    assert quiet.registry.get_sample_value(
+        "pipers_latency_seconds_count", {"daemon": "pass", "queue": "/q"}) == 0
