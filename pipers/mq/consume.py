@@ -124,8 +124,9 @@ class MqConsume(Daemon):
         batch = self.link.deliveries[:want]
         try:
             with self.queue_out.batch() as b:
-                for d in batch:
-                    b.add(d.body, d.name)
+                for d in batch:  # --trace: lineage starts here
+                    b.add(d.body if self.tracer is None else self.tracer.stamp_bytes(d.body),
+                          d.name)
         except OSError as e:
             if e.errno not in _FULL_ERRNOS:
                 raise
@@ -134,6 +135,7 @@ class MqConsume(Daemon):
             return 0.0
         del self.link.deliveries[: len(batch)]
         self.gate.added(len(batch))
+        self.count_emitted([d.body for d in batch])
         self.consumed += len(batch)
         self.redelivered += sum(d.redelivered for d in batch)
         self.drained = False

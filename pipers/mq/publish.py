@@ -107,6 +107,9 @@ class MqPublish(Piper):
                 continue
             batch.append((claim, data))
         self._release(claims[in_hand:])
+        self.metrics.add(received=len(claims), bytes=sum(len(data) for _, data in batch))
+        if self.tracer is not None:  # --trace: the published message carries our entry
+            batch = [(claim, self.tracer.stamp_bytes(data)) for claim, data in batch]
         if not batch:
             return 0.0
         try:
@@ -119,6 +122,9 @@ class MqPublish(Piper):
                 self.queue_in.done(claim)
         self._release([claim for (claim, _), ok in zip(batch, confirmed, strict=True) if not ok])
         n = sum(confirmed)
+        self.metrics.add(forwarded=n)
+        self.metrics.finished([c.name for (c, _), ok in zip(batch, confirmed, strict=True)
+                               if ok], self.clock())
         self.published += n
         self.processed += n
         if n < len(batch):

@@ -13,6 +13,8 @@ import orjson
 
 from queues import Queue
 
+from ..lineage import Tracer
+from ..options import trace_field_option, trace_option
 from . import progress
 
 
@@ -60,8 +62,10 @@ def parse(data: bytes, source: str) -> list[bytes]:
               help="fsync: the messages survive power loss once put returns.")
 @click.option("--group-access", is_flag=True,
               help="Queue directories 0770 and files 0660 (default 0700/0600).")
+@trace_option()
+@trace_field_option()
 @click.argument("files", nargs=-1, type=click.Path(dir_okay=False, allow_dash=True))
-def command(queue_out_dir, durability, group_access, files):
+def command(queue_out_dir, durability, group_access, trace, trace_field, files):
     """Enqueue JSON messages from FILES (or stdin): nothing is enqueued if any is invalid."""
     messages: list[bytes] = []
     sources = files or ("-",)
@@ -80,6 +84,12 @@ def command(queue_out_dir, durability, group_access, files):
         raise SystemExit(1) from None
     except OSError as e:
         raise click.UsageError(f"cannot read {e.filename}: {e.strerror}") from None
+    if trace:  # lineage (pipers/lineage.py): the trace starts here
+        try:
+            tracer = Tracer("put", trace_field)
+        except ValueError as e:
+            raise click.UsageError(str(e)) from None
+        messages = [tracer.stamp_bytes(m) for m in messages]
     queue = Queue(queue_out_dir, durability=durability, group_access=group_access)
     try:
         with queue.batch() as batch:  # all or nothing: visible together at the end

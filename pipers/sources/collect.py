@@ -384,6 +384,7 @@ class Collect(Daemon):
     def take(self, subs: list[Submission], now: float, *, urgent: bool = False) -> bool:
         """Turn submissions into jobs (one group commit). False if the queue is full."""
         taken: list[tuple[Submission, str, str]] = []  # (submission, name, job dir)
+        written: list[bytes] = []  # their messages (metrics)
         batch = self.queue_out.batch()
         try:
             for sub in subs:
@@ -398,9 +399,11 @@ class Collect(Daemon):
                 except BadSubmission as e:
                     taken.pop()
                     self.log.error("submission %s cannot become a job: %s", sub.stem, e)
+                    self.metrics.add(failed=1)
                     self._finish(name, ok=False, stem=sub.stem)
                     continue
                 batch.add(data, name, urgent=urgent)
+                written.append(data)
             batch.commit()
         except OSError as e:
             batch.abort()
@@ -412,6 +415,7 @@ class Collect(Daemon):
             self._confirm(sub.stem, name, job_dir)
             self.log.debug("job %s: %s%s", name, sub.stem, " (priority)" if urgent else "")
         self.collected += len(taken)
+        self.count_emitted(written)
         if taken:
             self.gate.added(len(taken))
         return True
@@ -461,6 +465,8 @@ class Collect(Daemon):
             dump_size, digest = sha256_file(dump_file)
             meta["dump"] = {"path": dump_file, "size": dump_size, "sha256": digest}
         message["collect"] = meta
+        if self.tracer is not None:  # --trace: lineage starts here
+            message = self.tracer.stamp(message)
         return orjson.dumps(message)
 
     def _confirm(self, stem: str, name: str, job_dir: str) -> None:

@@ -377,6 +377,8 @@ class Probe(Daemon):
             if not isinstance(m, dict):
                 self.log.error("a %s is not a message (a dict): skipped", type(m).__name__)
                 continue
+            if self.tracer is not None:  # --trace: lineage starts here
+                m = self.tracer.stamp(m)
             try:
                 out.append(orjson.dumps(m))
             except TypeError as e:
@@ -402,6 +404,7 @@ class Probe(Daemon):
                 self.set_state("waiting", f"cannot write output: {e}")
                 return False
             self.gate.added(len(part))
+            self.count_emitted(part)
             self.held = rest
         self.set_state("running")
         return True

@@ -31,6 +31,9 @@ import orjson
 from queues import Durability, Queue
 from queues.names import new_name
 
+from ..lineage import FIELD as TRACE_FIELD
+from ..lineage import Tracer
+
 TYPE_FIELD = "monitoringType"
 
 
@@ -56,7 +59,8 @@ class Reporter:
     def __init__(self, queue_dir: str | os.PathLike, monitoring_type: str, *,
                  type_field: str = TYPE_FIELD,
                  durability: Durability | str = Durability.FSYNC,
-                 group_access: bool = False):
+                 group_access: bool = False, trace: bool = False,
+                 trace_field: str = TRACE_FIELD):
         if not monitoring_type:
             raise ValueError("monitoring_type is required (it names the records' kind)")
         self.queue_dir = os.path.abspath(os.fspath(queue_dir))
@@ -64,6 +68,7 @@ class Reporter:
         self.type_field = type_field
         self.durability = Durability(durability)
         self.group_access = group_access
+        self.tracer = Tracer("reporter", trace_field) if trace else None  # lineage
         self._records: list[tuple[str, bytes]] = []  # (name, JSON) in the order added
         self._lock = threading.Lock()  # guards _records
         self._commit_lock = threading.Lock()  # one commit at a time, in order
@@ -78,7 +83,10 @@ class Reporter:
         """Keep one record (a JSON object) for the next commit; thread-safe."""
         if not isinstance(record, Mapping):
             raise TypeError(f"a record is a mapping, not a {type(record).__name__}")
-        data = orjson.dumps({**record, self.type_field: self.monitoring_type})
+        record = {**record, self.type_field: self.monitoring_type}
+        if self.tracer is not None:  # the trace starts when the record is added
+            record = self.tracer.stamp(record)
+        data = orjson.dumps(record)
         item = (new_name(), data)
         with self._lock:
             self._records.append(item)
