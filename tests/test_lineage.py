@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 from datetime import datetime
 
 import orjson
 
+from pipers.base import Options
 from pipers.sources import Reporter
+from pipers.sources import checks as ck
+from pipers.sources.probe import Probe
 from queues import Queue
 from tests.helpers import files, indexed, unique_index, wait_for
 
@@ -116,3 +120,23 @@ def test_the_reporter_starts_the_trace(tmp_path):
     untraced.commit()
     r = Queue(tmp_path / "r")
     assert "pipers_trace" not in read(os.path.join(r.incoming, files(r.incoming)[0]))
+
+
+class Pair(ck.Check):
+    def run(self):
+        return [{"part": 1}, {"part": 2}]
+
+
+def test_the_probe_starts_the_trace_and_counts_what_it_writes(tmp_path):
+    t0 = 1_800_000_000.0
+    probe = Probe(Options(queue_out_dir=str(tmp_path / "q"), trace=True), checks=[Pair(30)],
+                  clock=lambda: t0)
+    probe.loop(t0)
+    q = Queue(tmp_path / "q")
+    written = [read(os.path.join(q.incoming, n)) for n in files(q.incoming)]
+    assert sorted(m["part"] for m in written) == [1, 2]
+    for m in written:
+        assert m["pipers_trace"] == [{"daemon": "probe", "host": socket.gethostname(),
+                                      "at": "2027-01-15T08:00:00.000Z"}]
+    totals = probe.metrics.totals
+    assert totals["received"] == totals["forwarded"] == 2 and totals["bytes"] > 0
