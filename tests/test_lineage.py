@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import time
 from datetime import datetime
 
 import orjson
@@ -12,6 +13,7 @@ import orjson
 from pipers.base import Options
 from pipers.sources import Reporter
 from pipers.sources import checks as ck
+from pipers.sources.collect import Collect
 from pipers.sources.probe import Probe
 from queues import Queue
 from tests.helpers import files, indexed, unique_index, wait_for
@@ -140,3 +142,18 @@ def test_the_probe_starts_the_trace_and_counts_what_it_writes(tmp_path):
                                       "at": "2027-01-15T08:00:00.000Z"}]
     totals = probe.metrics.totals
     assert totals["received"] == totals["forwarded"] == 2 and totals["bytes"] > 0
+
+
+def test_collect_starts_the_trace_and_counts_jobs_and_refusals(tmp_path):
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "good.json").write_bytes(b'{"job": "good"}')
+    (drop / "bad.json").write_bytes(b"[1, 2]")  # not an object: refused
+    c = Collect(Options(queue_out_dir=str(tmp_path / "q"), trace=True),
+                storage_root=str(drop), settle_time=0.0)
+    c.loop(time.time() + 60)
+    q = Queue(tmp_path / "q")
+    [job] = [read(os.path.join(q.incoming, n)) for n in files(q.incoming)]
+    assert job["job"] == "good" and [e["daemon"] for e in job["pipers_trace"]] == ["collect"]
+    totals = c.metrics.totals
+    assert (totals["received"], totals["forwarded"], totals["failed"]) == (1, 1, 1)
