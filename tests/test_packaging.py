@@ -221,6 +221,35 @@ def test_example_checks_run_in_the_probe(tmp_path, daemons):
     assert p.poll() is None, daemons.log(p)
 
 
+def test_developer_guide_shows_the_examples_verbatim():
+    guide = (ROOT / "docs" / "developer.md").read_text()
+    shown = dict(re.findall(r"<!-- example: (\S+) -->\s*```python\n(.*?)```", guide, re.S))
+    assert set(shown) == {f"docs/examples/{p.name}" for p in EXAMPLES.glob("*.py")}
+    for path, code in shown.items():
+        assert code == (ROOT / path).read_text(), f"docs/developer.md shows an old {path}"
+
+
+def test_developer_guide_test_snippets_pass(tmp_path, monkeypatch):
+    guide = (ROOT / "docs" / "developer.md").read_text()
+    snippets = re.findall(r"<!-- test-example -->\s*```python\n(.*?)```", guide, re.S)
+    assert len(snippets) == 2
+    monkeypatch.syspath_prepend(str(EXAMPLES))  # `from redact import ...`, as in the guide
+    ran = 0
+    try:
+        for i, code in enumerate(snippets):
+            namespace: dict = {}
+            exec(compile(code, f"docs/developer.md:test-example-{i}", "exec"), namespace)
+            for name, func in namespace.items():
+                if name.startswith("test_") and callable(func):
+                    (tmp_path / name).mkdir()
+                    func(tmp_path / name)
+                    ran += 1
+    finally:
+        for module in ("redact", "checks", "split"):
+            sys.modules.pop(module, None)
+    assert ran == 2
+
+
 # -- README.md's tour ------------------------------------------------------------------------------
 
 def readme_tour() -> str:
