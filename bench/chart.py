@@ -19,6 +19,7 @@ import json
 import math
 import re
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,10 @@ def load(path: str | Path) -> dict:
     return doc
 
 
+def _wrap(text: str, width: int = 64) -> str:
+    return textwrap.fill(" ".join(text.split()), width)
+
+
 def _num(x) -> float | None:
     return float(x) if isinstance(x, int | float) and math.isfinite(x) else None
 
@@ -71,7 +76,8 @@ def rows(figures: list[dict]) -> tuple[list[Row], list[Row]]:
             ratio = _num(f.get("ratio"))
             if ratio is None and value is not None and base:
                 ratio = value / base
-            label = name + (f"\nvs {f['baseline_name']}" if f.get("baseline_name") else "")
+            label = _wrap(name) + (f"\n{_wrap('vs ' + str(f['baseline_name']))}"
+                                   if f.get("baseline_name") else "")
             if ratio is None or ratio <= 0:
                 why = str(f.get("note") or "no value")[:70]
                 ratios.append(Row(label, None, float(m[2]), None, why))
@@ -83,9 +89,10 @@ def rows(figures: list[dict]) -> tuple[list[Row], list[Row]]:
         elif (m := _LIMIT.match(target)) and float(m[2]) > 0:
             limit, unit = float(m[2]), m[3]
             if value is None:
-                limits.append(Row(name, None, 1.0, None, str(f.get("note") or "no value")[:70]))
+                why = str(f.get("note") or "no value")[:70]
+                limits.append(Row(_wrap(name), None, 1.0, None, why))
             else:
-                limits.append(Row(name, value / limit, 1.0, ok,
+                limits.append(Row(_wrap(name), value / limit, 1.0, ok,
                                   f"{_fmt(value)} {unit}  (target {m[1]} {m[2]} {unit})"))
     return ratios, limits
 

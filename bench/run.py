@@ -26,10 +26,12 @@ from .fs import BenchFS
 
 FULL = dict(rounds=5, n=40_000, n_fsync=15_000, n_bare_fsync=1_500, n_dirq=10_000,
             n_pq_file=1_000, n_pq_sqlite=300, backlog_small=1_000, backlog_big=1_000_000,
-            backlog_window=50_000, latency_samples=400, idle_seconds=10.0, ship_docs=100_000)
+            backlog_window=50_000, latency_samples=400, idle_seconds=10.0, ship_docs=100_000,
+            rsyslog_rounds=3)
 QUICK = dict(rounds=3, n=15_000, n_fsync=6_000, n_bare_fsync=600, n_dirq=4_000,
              n_pq_file=400, n_pq_sqlite=150, backlog_small=1_000, backlog_big=100_000,
-             backlog_window=20_000, latency_samples=150, idle_seconds=5.0, ship_docs=20_000)
+             backlog_window=20_000, latency_samples=150, idle_seconds=5.0, ship_docs=20_000,
+            rsyslog_rounds=2)
 
 
 @dataclass
@@ -194,10 +196,12 @@ def latency(w: str, cfg: dict, logf: str) -> tuple[list[Figure], dict]:
     return figs, lat
 
 
-def shipper(w: str, cfg: dict, logf: str) -> tuple[list[Figure], dict]:
+def shipper(w: str, cfg: dict, logf: str,
+            parts: tuple[str, ...] = ("ship", "rsyslog")) -> tuple[list[Figure], dict]:
     """Against a local search node: bench/ship_bench.py's figures (shipper vs
     helpers.bulk) when that script exists, and the idle latency put -> 3 hops ->
-    ship -> acknowledged."""
+    ship -> acknowledged ("ship"); the shipper against rsyslog's omelasticsearch
+    (bench/rsyslog_bench.py, "rsyslog")."""
     script = os.path.join(ROOT, "bench", "ship_bench.py")
     missing = Figure("shipper vs helpers.bulk", None, "docs/s", "helpers.bulk", None,
                      ">= 1.0x", note="missing: bench/ship_bench.py does not exist yet")
@@ -212,6 +216,10 @@ def shipper(w: str, cfg: dict, logf: str) -> tuple[list[Figure], dict]:
     figs: list[Figure] = []
     try:
         node.start()
+        if "rsyslog" in parts:
+            figs += _rsyslog(node.url, w, cfg, out)
+        if "ship" not in parts:
+            return figs, out
         if os.path.exists(script):
             results = os.path.join(w, "ship-results.json")
             log(f"shipper: bench/ship_bench.py --docs {cfg['ship_docs']}")
@@ -248,6 +256,37 @@ def shipper(w: str, cfg: dict, logf: str) -> tuple[list[Figure], dict]:
     finally:
         node.stop()
         remove(os.path.join(w, "search-node"))
+
+
+def _rsyslog(url: str, w: str, cfg: dict, out: dict) -> list[Figure]:
+    """bench/rsyslog_bench.py as its own process against the node; its figures."""
+    missing = Figure("pipers ship --once vs rsyslog omelasticsearch", None, "docs/s",
+                     "rsyslog omelasticsearch", None, ">= 1.0x")
+    results = os.path.join(w, "rsyslog-results.json")
+    log(f"shipper: bench/rsyslog_bench.py --docs {cfg['ship_docs']} "
+        f"--rounds {cfg['rsyslog_rounds']}")
+    try:
+        r = subprocess.run([sys.executable, "-m", "bench.rsyslog_bench", "--es-url", url,
+                            "--docs", str(cfg["ship_docs"]), "--rounds",
+                            str(cfg["rsyslog_rounds"]), "--results", results], cwd=ROOT,
+                           env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=1800)
+    except subprocess.TimeoutExpired:
+        missing.note = "failed: bench/rsyslog_bench.py timed out"
+        return [missing]
+    if r.returncode == 3:
+        missing.note = "missing: rsyslogd or omelasticsearch (make bench-deps)"
+        return [missing]
+    if r.returncode or not os.path.exists(results):
+        missing.note = f"failed: bench/rsyslog_bench.py exited with {r.returncode}"
+        return [missing]
+    with open(results) as f:
+        out["rsyslog"] = json.loads(f.read().splitlines()[-1])
+    figs = []
+    for x in out["rsyslog"]["figures"]:
+        f = _ship_figure(x)
+        f.samples, f.baseline_samples = x.get("samples", []), x.get("baseline_samples", [])
+        figs.append(f)
+    return figs
 
 
 def _ship_figure(x: dict) -> Figure:
@@ -289,11 +328,13 @@ def main() -> int:
     ap.add_argument("--work-dir", default=os.path.join(os.environ.get("BUILD", "build"), "bench"))
     ap.add_argument("--results", default=os.path.join(ROOT, "bench", "results.json"))
     ap.add_argument("--only", action="append", choices=["throughput", "pipeline", "backlog",
-                                                         "latency", "ship", "rootfs"],
+                                                         "latency", "ship", "rsyslog",
+                                                         "rootfs"],
                     help="run only these phases (repeatable)")
     args = ap.parse_args()
     cfg = QUICK if args.quick else FULL
-    phases = args.only or ["throughput", "pipeline", "backlog", "latency", "ship", "rootfs"]
+    phases = args.only or ["throughput", "pipeline", "backlog", "latency", "ship", "rsyslog",
+                           "rootfs"]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unmount on the way out
     started = time.time()
     figs: list[Figure] = []
@@ -303,10 +344,14 @@ def main() -> int:
         logf = os.path.join(os.path.abspath(args.work_dir), "daemons.log")
         log(f"measuring on {fs.kind}; daemon logs in {logf}")
         for phase, fn in (("throughput", throughput), ("pipeline", pipeline),
-                          ("backlog", backlog), ("latency", latency), ("ship", shipper)):
+                          ("backlog", backlog), ("latency", latency)):
             if phase in phases:
                 f, raw[phase] = fn(w, cfg, logf)
                 figs += f
+        parts = tuple(p for p in ("ship", "rsyslog") if p in phases)
+        if parts:  # one search node for both
+            f, raw["ship"] = shipper(w, cfg, logf, parts)
+            figs += f
         if fs.mounted and "rootfs" in phases:
             f, raw["rootfs"] = rootfs(args.work_dir, cfg, logf)
             figs += f
