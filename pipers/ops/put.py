@@ -90,8 +90,8 @@ def command(queue_out_dir, durability, group_access, trace, trace_field, files):
         except ValueError as e:
             raise click.UsageError(str(e)) from None
         messages = [tracer.stamp_bytes(m) for m in messages]
-    queue = Queue(queue_out_dir, durability=durability, group_access=group_access)
     try:
+        queue = Queue(queue_out_dir, durability=durability, group_access=group_access)
         with queue.batch() as batch:  # all or nothing: visible together at the end
             with progress.bar(len(messages), "writing   ") as bar:
                 for data in messages:
