@@ -252,22 +252,26 @@ def test_developer_guide_test_snippets_pass(tmp_path, monkeypatch):
 
 # -- README.md's tour ------------------------------------------------------------------------------
 
-def readme_tour() -> str:
+def readme_block(marker: str) -> str:
     text = (ROOT / "README.md").read_text()
-    m = re.search(r"<!-- tour -->\s*```sh\n(.*?)```", text, re.S)
-    assert m, "README.md: no ```sh block after <!-- tour -->"
+    m = re.search(rf"<!-- {marker} -->.*?```sh\n(.*?)```", text, re.S)
+    assert m, f"README.md: no ```sh block after <!-- {marker} -->"
     return m.group(1)
 
 
-def test_readme_tour_runs_as_written(tmp_path):
-    """The tour's commands, in bash with `set -e`, from an empty directory; the venv's
-    `pipers` comes first on PATH, as after `. .venv/bin/activate`."""
-    script = "set -euo pipefail\n" + readme_tour()
+def run_tour(script: str, cwd: Path) -> subprocess.CompletedProcess:
+    """bash with `set -e`; the venv's `pipers` first on PATH (`. .venv/bin/activate`)."""
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
                PYTHONPATH=str(ROOT))
-    r = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(["bash", "-c", "set -euo pipefail\n" + script], cwd=cwd, env=env,
+                       capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, f"{r.stdout}\n{r.stderr}"
+    return r
+
+
+def test_readme_tour_runs_as_written(tmp_path):
+    """The tour's commands as written, from an empty directory."""
+    r = run_tour(readme_block("tour"), tmp_path)
     q = tmp_path / "q"
     shipped = [orjson.loads((q / "ship/incoming" / n).read_bytes())
                for n in files(q / "ship/incoming")]
@@ -275,3 +279,17 @@ def test_readme_tour_runs_as_written(tmp_path):
     assert all("host" in m and "received" in m for m in shipped)
     assert files(q / "enrich/errors") == [] and os.listdir(q / "enrich/incoming") == []
     assert "invalid-json" in r.stdout  # the sidecar was shown
+
+
+@pytest.mark.search
+def test_readme_tour_last_hop_ships_both_documents(tmp_path, search_node):
+    """The tour, then the `pipers` lines of its last hop with the README's node URL
+    replaced by the test node's (curl, which only shows the result, is left out)."""
+    run_tour(readme_block("tour"), tmp_path)
+    hop = [line for line in readme_block("tour-ship").splitlines() if line.startswith("pipers ")]
+    assert len(hop) == 1 and "http://127.0.0.1:9201" in hop[0]
+    run_tour(hop[0].replace("http://127.0.0.1:9201", search_node.url), tmp_path)
+    assert files(tmp_path / "q/ship/incoming") == files(tmp_path / "q/ship/errors") == []
+    search_node.refresh("pipers")
+    ids = search_node.search_ids("pipers", {"terms": {"msg": ["hello", "fixed"]}})
+    assert "broken" in ids and len(ids) >= 2
