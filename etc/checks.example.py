@@ -2,7 +2,9 @@
 
 Each item is a check (runs on a schedule) or a handle (a stream read as data
 arrives). Every message gets ``check`` (the name), ``host`` and ``time``.
-Copy this file and keep what you need.
+Copy this file and keep what you need: under systemd it goes to
+/etc/pipers/checks.d/NAME.py and runs as pipers-probe@NAME, as the pipers user in
+the unit's sandbox (docs/operator.md). How to write checks: docs/developer.md.
 """
 
 from pipers.sources.checks import (
@@ -38,6 +40,7 @@ CHECKS = [
     Command(["df", "-P", "/"], interval=300, name="df-root"),
     TcpConnect("127.0.0.1", 22, interval=60, timeout=2),
     HttpStatus("http://127.0.0.1:9200/", interval=60, timeout=5),
-    # A handle: lines appended to a log file, following rotation.
+    # A handle: lines appended to a log file, following rotation. Under systemd the
+    # pipers user reads /var/log/syslog only with a drop-in: SupplementaryGroups=adm.
     FileTail("/var/log/syslog", from_end=True, reopen_delay=5),
 ]
