@@ -173,7 +173,7 @@ class Daemon:
         finally:
             self.shutdown()
             self._state = ("stopped", "")
-            self._write_state(self.clock(), idle=True)
+            self._write_state(self.clock())
             if self.state_queue is not None:
                 self.state_queue.clear_state(self.name)
             self.metrics.stop()
@@ -208,9 +208,9 @@ class Daemon:
         self._state_extra = extra
         if why:
             self.log.info("%s: %s", state, why)
-        self._write_state(self.clock(), idle=state == "idle")
+        self._write_state(self.clock())
 
-    def _write_state(self, now: float, idle: bool = False) -> None:
+    def _write_state(self, now: float) -> None:
         """The state file: state, why, and the counters with their recent history."""
         self._next_stats = now + SAMPLE_EVERY
         if self.state_queue is None:
@@ -219,7 +219,7 @@ class Daemon:
         try:
             self.state_queue.write_state(self.name, {
                 "state": state, "why": why, **self._state_extra,
-                **self.metrics.state(now, idle=idle),
+                **self.metrics.state(now),
             })
         except OSError as e:
             self.log.warning("cannot record state: %s", e)

@@ -123,22 +123,22 @@ class Metrics:
         """Any counter moved since the last `state`."""
         return self.totals != self._sampled
 
-    def state(self, now: float, idle: bool = False) -> dict:
+    def state(self, now: float) -> dict:
         """``counters`` (totals since start) and ``history`` ([[time, processed], ...]).
 
-        A sample is taken when the last one is at least SAMPLE_EVERY old; when
-        the daemon goes idle or stops (`idle`), the figure of the moment is
-        always recorded (the newest sample moves forward if it is younger than
-        SAMPLE_EVERY, so samples stay that far apart). Samples older than
-        HISTORY_SPAN go, but the newest one at or before now - HISTORY_BASE stays.
+        Each call (each write of the state file) records the figure of the
+        moment if it changed. Samples stay SAMPLE_EVERY apart: a newest sample
+        younger than that after the one before it is moved forward instead of
+        a new one added. Samples older than HISTORY_SPAN go, but the newest one
+        at or before now - HISTORY_BASE stays.
         """
         history, processed = self.history, self.processed
         t = round(now, 3)
         if processed != history[-1][1]:
-            if t - history[-1][0] >= SAMPLE_EVERY or (idle and len(history) == 1):
+            if len(history) > 1 and history[-1][0] - history[-2][0] < SAMPLE_EVERY:
+                history[-1] = [t, processed]  # still too close to the one before: moved
+            else:
                 history.append([t, processed])
-            elif idle:
-                history[-1] = [t, processed]
         start = 0
         while start < len(history) - 1 and history[start][0] < now - HISTORY_SPAN \
                 and history[start + 1][0] <= now - HISTORY_BASE:

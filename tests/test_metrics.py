@@ -161,33 +161,40 @@ class Clock:
         return self.t
 
 
+def spaced(history: list[list[float]]) -> bool:
+    """Samples SAMPLE_EVERY apart, but for the newest (moved forward until it is)."""
+    return all(b[0] - a[0] >= SAMPLE_EVERY for a, b in zip(history[:-2], history[1:-1],
+                                                          strict=True))
+
+
 def test_history_samples_every_few_seconds_and_keeps_a_minute_and_more():
     clock = Clock()
     m = Metrics("enrich", "/q", clock=clock)
     assert m.state(clock.t)["history"] == [[1000.0, 0]]
-    for _ in range(30):  # a busy daemon, its state written every second
-        clock.t += 1
+    for _ in range(30):  # a daemon whose state is written every second (busy, or idle between
+        clock.t += 1     # bursts): a sample every 5 s, the newest always the figure of now
         m.add(received=10, forwarded=9, dropped=1)
         state = m.state(clock.t)
+        assert state["history"][-1] == [clock.t, state["counters"]["received"]]
+        assert spaced(state["history"]) and len(state["history"]) <= 2 + (clock.t - 1000) / 5
     history = state["history"]
-    assert state["counters"]["received"] == 300 and history[-1] == [1030.0, 300]
-    assert all(b[0] - a[0] >= SAMPLE_EVERY for a, b in zip(history, history[1:], strict=False))
+    assert state["counters"]["received"] == 300
+    assert [t for t, _ in history] == [1000.0, 1005.0, 1010.0, 1015.0, 1020.0, 1025.0, 1030.0]
     clock.t += 2
-    m.add(forwarded=5)  # then it goes idle: the figure of the moment is recorded at once
-    history = m.state(clock.t, idle=True)["history"]
-    assert history[-1] == [1032.0, 305] and history[-2][0] <= 1032.0 - SAMPLE_EVERY
+    m.add(forwarded=5)
+    assert m.state(clock.t)["history"][-2:] == [[1030.0, 300], [1032.0, 305]]
     clock.t += 1
     m.add(failed=1)
-    assert m.state(clock.t, idle=True)["history"][-1] == [1033.0, 306]  # moved, not added
-    assert len(m.state(clock.t, idle=True)["history"]) == len(history)
+    assert m.state(clock.t)["history"][-2:] == [[1030.0, 300], [1033.0, 306]]  # moved
     for _ in range(20):  # a long busy spell: old samples go, one at or before now-60 stays
         clock.t += SAMPLE_EVERY
         m.add(forwarded=1)
         history = m.state(clock.t)["history"]
         assert history[0][0] <= clock.t - HISTORY_BASE or history[0][0] == 1000.0
-        assert history[1][0] > clock.t - HISTORY_SPAN
+        assert history[1][0] > clock.t - HISTORY_SPAN and spaced(history)
     assert history[0][0] > 1000.0  # the start is long gone
-    assert not m.changed() and m.state(clock.t)["history"] == history  # no change, no sample
+    clock.t += 300  # idle: no change, no sample; the base stays
+    assert not m.changed() and m.state(clock.t)["history"][-1] == history[-1]
 
 
 def test_latency_is_observed_only_when_exported(tmp_path):
