@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pty
 import select
+import shutil
 import signal
 import subprocess
 import time
@@ -331,6 +332,9 @@ def test_watch_json_prints_a_document_per_refresh_and_ctrl_c_exits_0(tmp_path):
             docs.append(doc)
             if doc["queues"][0]["counts"]["incoming"] == 7:
                 break
+        shutil.rmtree(q.path)  # removed under --watch: shown as missing, no crash
+        while not orjson.loads(p.stdout.readline())["queues"][0].get("missing"):
+            pass
         p.send_signal(signal.SIGINT)
         rest, err = p.communicate(timeout=30)
     finally:
@@ -343,6 +347,16 @@ def test_watch_json_prints_a_document_per_refresh_and_ctrl_c_exits_0(tmp_path):
     assert [d["time"] for d in docs] == sorted(d["time"] for d in docs)
     for line in rest.splitlines():  # what it printed before the signal is whole
         assert orjson.loads(line)["queues"]
+
+
+def test_watch_into_a_reader_that_leaves_ends_quietly(tmp_path):
+    q = Queue(tmp_path / "q")
+    r = subprocess.run(f"set -o pipefail; {' '.join(PIPERS)} status --watch --json "
+                       f"--interval 0.05 {q.path} | head -n 3", shell=True,
+                       executable="/bin/bash", capture_output=True, cwd=ROOT, env=ENV,
+                       timeout=60)  # the exit code is status's own
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 3
+    assert b"Error" not in r.stderr and b"Traceback" not in r.stderr
 
 
 def test_watch_redraws_in_place_on_a_terminal_and_appends_when_piped(tmp_path, daemons):

@@ -139,12 +139,10 @@ def snapshot(paths: Sequence[str], reasons: Reasons, now: float | None = None) -
     now = time.time() if now is None else now
     out = []
     for path in paths:
-        try:
-            queue = Queue(path, create=False)
+        try:  # a queue not made yet, or removed (or half made) under --watch: missing
+            out.append(report(Queue(path, create=False), now, reasons))
         except (FileNotFoundError, NotADirectoryError):
             out.append(missing(os.path.abspath(path), now))
-            continue
-        out.append(report(queue, now, reasons))
     return out
 
 
@@ -314,10 +312,18 @@ def command(config_file, as_json, watch, interval, queues):
             paths.append(os.path.abspath(path))
     if interval <= 0:
         raise click.BadParameter("must be more than 0", param_hint="'--interval'")
+    try:
+        if watch:
+            _watch(paths, as_json, interval)
+        else:
+            _print(snapshot(paths, Reasons()), as_json)
+    except BrokenPipeError:  # `pipers status --watch --json | head -3`: the reader is gone
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+
+
+def _watch(paths: list[str], as_json: bool, interval: float) -> None:
+    """Refresh until Ctrl-C (which ends it normally)."""
     reasons = Reasons()
-    if not watch:
-        _print(snapshot(paths, reasons), as_json)
-        return
     terminal = not as_json and sys.stdout.isatty()
     try:
         while True:
@@ -334,8 +340,6 @@ def command(config_file, as_json, watch, interval, queues):
             time.sleep(max(0.0, interval - (time.monotonic() - started)))
     except KeyboardInterrupt:
         return
-    except BrokenPipeError:  # `pipers status --watch --json | head -3`: the reader is gone
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _print(reports: list[dict], as_json: bool) -> None:
