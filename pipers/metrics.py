@@ -35,6 +35,7 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
+    disable_created_metrics,
     start_http_server,
     write_to_textfile,
 )
@@ -155,6 +156,8 @@ class Metrics:
 
         OSError if the port cannot be bound.
         """
+        if self.exporting:
+            disable_created_metrics()  # no *_created series: half the lines, no use here
         if self.port:
             served = CollectorRegistry()
             served.register(self.registry)

@@ -122,6 +122,7 @@ def test_counters_match_the_messages_through_filter_enrich_and_ship(
         p.send_signal(signal.SIGTERM)
     assert [p.wait(30) for p in (filt, enrich, ship)] == [0, 0, 0]
     final = parse(textfile.read_text())
+    assert "_created" not in textfile.read_text()  # one series per counter
     assert {k: final[k] for k in ("received", "forwarded", "dropped", "failed", "retried")} \
         == {"received": len(sent), "forwarded": KEPT, "dropped": DROPPED, "failed": 1,
             "retried": 0}
