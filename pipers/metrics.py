@@ -17,9 +17,10 @@ it consumes, or feeds when it is a source)::
 
 They are served over HTTP (``--metrics-port``, with the process collector) and/or
 written to a file for node_exporter's textfile collector (``--metrics-textfile``,
-every few seconds and at exit, atomically). The latency histogram is observed
-only when one of the two is on; the counters always run, because the state file
-carries their totals and a short history of them (`state`) for `pipers status`.
+every few seconds and at exit, atomically). The prometheus_client objects (and
+the latency histogram) exist only when one of the two is on: its import alone
+costs about 40 ms at every start. Plain totals always run, because the state
+file carries them and a short history of them (`state`) for `pipers status`.
 """
 
 from __future__ import annotations
@@ -28,17 +29,6 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
-
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    PlatformCollector,
-    ProcessCollector,
-    disable_created_metrics,
-    start_http_server,
-    write_to_textfile,
-)
 
 from queues.names import name_time
 
@@ -77,6 +67,20 @@ class Metrics:
         self.port, self.address, self.textfile = port, address, textfile
         self.clock = clock
         self.exporting = bool(port or textfile)
+        self.registry = None  # prometheus_client's, only when exported (its import: ~40 ms)
+        self._counters: dict = {}
+        if self.exporting:
+            self._prometheus(daemon, queue)
+        self.totals = dict.fromkeys(KINDS, 0)
+        self.history: list[list[float]] = [[round(clock(), 3), 0]]
+        self._sampled = dict(self.totals)  # totals as of the last state write
+        self._server = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def _prometheus(self, daemon: str, queue: str) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
         self.registry = CollectorRegistry()
         labels = {"daemon": daemon, "queue": queue}
         self._counters = {
@@ -87,21 +91,17 @@ class Metrics:
             LATENCY, "Age of a message (from the time in its name) when this daemon finished "
             "it.", list(labels), buckets=LATENCY_BUCKETS, registry=self.registry,
         ).labels(**labels)
-        self.totals = dict.fromkeys(KINDS, 0)
-        self.history: list[list[float]] = [[round(clock(), 3), 0]]
-        self._sampled = dict(self.totals)  # totals as of the last state write
-        self._server = None
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
 
     # -- counting ---------------------------------------------------------------------------
 
     def add(self, **counts: int) -> None:
         """Add to the counters (once per batch): ``add(received=100, forwarded=98)``."""
+        counters = self._counters
         for kind, n in counts.items():
             if n:
                 self.totals[kind] += n
-                self._counters[kind].inc(n)
+                if counters:
+                    counters[kind].inc(n)
 
     def finished(self, names: Iterable[str], now: float) -> None:
         """Observe the latency of messages finished at `now` (only when exporting)."""
@@ -156,8 +156,17 @@ class Metrics:
 
         OSError if the port cannot be bound.
         """
-        if self.exporting:
-            disable_created_metrics()  # no *_created series: half the lines, no use here
+        if not self.exporting:
+            return
+        from prometheus_client import (
+            CollectorRegistry,
+            PlatformCollector,
+            ProcessCollector,
+            disable_created_metrics,
+            start_http_server,
+        )
+
+        disable_created_metrics()  # no *_created series: half the lines, no use here
         if self.port:
             served = CollectorRegistry()
             served.register(self.registry)
@@ -188,6 +197,8 @@ class Metrics:
 
     def write_textfile(self) -> OSError | None:
         """Write the textfile now (a temporary file renamed over it); the error, if any."""
+        from prometheus_client import write_to_textfile
+
         try:
             write_to_textfile(self.textfile, self.registry)
         except OSError as e:
