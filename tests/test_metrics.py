@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import urllib.error
 import urllib.request
 
 import orjson
@@ -46,8 +47,14 @@ def parse(text: str) -> dict[str, float]:
 
 
 def scrape(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-        return parse(r.read().decode())
+    """The daemon's metrics; {} while it is still starting (nothing listens yet)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            return parse(r.read().decode())
+    except urllib.error.URLError as e:
+        if isinstance(e.reason, ConnectionRefusedError):
+            return {}
+        raise
 
 
 def state_of(queue: Queue, daemon: str) -> dict | None:
@@ -129,6 +136,29 @@ def test_counters_match_the_messages_through_filter_enrich_and_ship(
     assert final["latency_count"] == len(sent) and "process" not in final
     assert files(qf.errors) and files(qs.errors)
     assert not list(tmp_path.glob("filter.prom.*"))  # no temporary file left behind
+
+
+def test_documents_refused_for_now_count_as_retried_then_forwarded(
+        tmp_path, daemons, search_node):
+    index = unique_index("metrics-block")
+    search_node.request("PUT", f"/{index}")
+    search_node.request("PUT", f"/{index}/_settings", {"index.blocks.write": True})
+    q = Queue(tmp_path / "ship")
+    q.put_many([orjson.dumps({"i": i}) for i in range(10)])
+    port = free_port()
+    daemons.start("ship", "--queue-in-dir", q.path, "--es-url", search_node.urls[0],
+                  "--default-index", index, "--retry-initial-wait", "0.2",
+                  "--retry-max-wait", "0.5", "--metrics-port", str(port))
+    held = wait_for(lambda: (lambda m: m if m.get("retried", 0) >= 20 else None)(scrape(port)),
+                    what="two refused rounds")
+    assert held["forwarded"] == held["failed"] == 0 and held["received"] == 10
+    assert held["bundles"] >= 2 and held["latency_count"] == 0  # nothing finished yet
+    search_node.request("PUT", f"/{index}/_settings", {"index.blocks.write": False})
+    done = wait_for(lambda: (lambda m: m if m.get("forwarded") == 10 else None)(scrape(port)),
+                    what="delivery after the block")
+    assert done["received"] == 10 and done["failed"] == 0 and done["latency_count"] == 10
+    assert done["retried"] % 10 == 0  # each refused round kept all ten
+    assert indexed(search_node, index) == 10 and not files(q.pending)
 
 
 def test_a_busy_port_stops_the_daemon_with_a_clear_error(tmp_path, daemons):
