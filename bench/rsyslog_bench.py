@@ -52,6 +52,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -61,7 +62,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.common import ROOT, cpu_seconds, median, settle
+from bench.common import ROOT, median, settle
 from bench.ship_bench import count, document, http, make_index, warm_up
 from queues import Queue
 
@@ -124,6 +125,19 @@ ruleset(name="ship") {{
 """
 
 
+def children_cpu() -> float:
+    """User + system CPU time of the children waited for so far."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def node_cpu_seconds(url: str) -> float:
+    """CPU time the search node's process has used so far (its _nodes stats)."""
+    stats = http("GET", f"{url}/_nodes/_local/stats/process")
+    (node,) = stats["nodes"].values()
+    return node["process"]["cpu"]["total_in_millis"] / 1000
+
+
 def poll_count(url: str, index: str, n: int, proc: subprocess.Popen, timeout: float,
                what: str) -> float:
     """Poll refresh + count until the index holds n documents; the time it did."""
@@ -170,12 +184,12 @@ def run_rsyslog(url: str, index: str, lines: Path, n: int, work: Path, batch: in
         raise SystemExit(f"rsyslogd refused its configuration:\n{check.stderr}")
     settle()
     log = open(work / "rsyslogd.log", "wb")  # noqa: SIM115 (closed below)
+    cpu0 = children_cpu()
     t0 = time.perf_counter()
     proc = subprocess.Popen([RSYSLOGD, "-n", "-f", str(conf), "-i", str(work / "rsyslogd.pid")],
                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         t1 = poll_count(url, index, n, proc, timeout, "rsyslogd")
-        cpu = cpu_seconds(proc.pid)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -185,6 +199,7 @@ def run_rsyslog(url: str, index: str, lines: Path, n: int, work: Path, batch: in
             proc.kill()
             proc.wait()
         log.close()
+    cpu = children_cpu() - cpu0  # its shutdown included
     errors = work / "es-errors.json"
     left = [p.name for p in (work / "spool").glob("es-queue*")]
     return {"seconds": t1 - t0, "cpu_seconds": cpu, "exit": proc.returncode,
@@ -206,20 +221,18 @@ def run_ship(url: str, index: str, docs: list[bytes], n: int, work: Path, bundle
     cmd = [sys.executable, "-m", "pipers", "ship", "--queue-in-dir", queue.path,
            "--es-url", url, "--default-index", index, "--bundle-size", str(bundle_size),
            "--once", "--log-level", "WARNING"]
+    cpu0 = children_cpu()
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         t1 = poll_count(url, index, n, proc, timeout, "pipers ship")
-        try:
-            cpu = cpu_seconds(proc.pid)
-        except OSError:  # already gone (--once): its CPU time is lost to us
-            cpu = float("nan")
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    cpu = children_cpu() - cpu0
     if proc.returncode:
         raise SystemExit(f"pipers ship failed ({proc.returncode}):\n{err.decode()}")
     left = queue.counts()
@@ -246,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="rsyslog action queue size (default: docs + 10%%, all in memory)")
     p.add_argument("--no-ids", action="store_true",
                    help="skip the second rsyslog variant (ids + op_type create)")
-    p.add_argument("--warm-up-docs", type=int, default=10_000,
+    p.add_argument("--warm-up-docs", type=int, default=50_000,
                    help="an untimed first round of each side with this many documents")
     p.add_argument("--timeout", type=float, default=600.0, help="per side and round")
     args = p.parse_args(argv)
@@ -283,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
             for side in sides[r % len(sides):] + sides[:r % len(sides)]:  # rotate the order
                 index = f"bench-{side}-{stamp}-{r}"
                 make_index(url, index)
+                node_cpu = node_cpu_seconds(url)
                 try:
                     if side == "ship":
                         got[side] = run_ship(url, index, docs[:m], m, work / f"ship-{r}",
@@ -291,12 +305,14 @@ def main(argv: list[str] | None = None) -> int:
                         got[side] = run_rsyslog(url, index, src, m, work / f"{side}-{r}",
                                                 args.bundle_size, queue_size, args.timeout,
                                                 ids=side == "rsyslog-ids")
+                    got[side]["node_cpu_seconds"] = node_cpu_seconds(url) - node_cpu
                     got[side].update(exactness(url, index, m))
                 finally:
                     http("DELETE", f"{url}/{index}")
                 g = got[side]
                 print(f"{what} {side:11s}: {m / g['seconds']:,.0f} docs/s "
                       f"({g['seconds']:.2f} s, CPU {g['cpu_seconds']:.2f} s, "
+                      f"node CPU {g['node_cpu_seconds']:.2f} s, "
                       f"count {g['count']}, lost {g['lost']}, duplicated {g['duplicated']})",
                       flush=True)
             if r:
@@ -306,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     rates = {side: [n / g[side]["seconds"] for g in rounds] for side in sides}
     med = {side: median(v) for side, v in rates.items()}
     cpu_us = {side: median([g[side]["cpu_seconds"] for g in rounds]) / n * 1e6 for side in sides}
+    node_us = {side: median([g[side]["node_cpu_seconds"] for g in rounds]) / n * 1e6
+               for side in sides}
     lost = {side: sum(g[side]["lost"] for g in rounds) for side in sides}
     dup = {side: sum(g[side]["duplicated"] for g in rounds) for side in sides}
     exact = "; ".join(f"{side}: {lost[side]} lost, {dup[side]} duplicated" for side in sides)
@@ -313,8 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     common = (f"{n:,} JSON lines, median of {args.rounds} interleaved rounds, spawn -> index "
               f"holds all (refresh+count every {POLL} s, both sides); bulks of "
               f"{args.bundle_size}; rsyslog: imfile, msg as the document, LinkedList queue "
-              f"of {queue_size} with queue.filename, 1 worker; CPU per doc: "
-              + ", ".join(f"{side} {cpu_us[side]:.0f} us" for side in sides) + f"; {exact}")
+              f"of {queue_size} with queue.filename, 1 worker; CPU per doc (process / node "
+              "while it ran): " + ", ".join(f"{side} {cpu_us[side]:.0f} / {node_us[side]:.0f} us"
+                                             for side in sides) + f"; {exact}")
     figures = []
     for side, what in (("rsyslog", "bulk, disk-assisted queue, ids made by the node"),
                        ("rsyslog-ids", "the same + _id from the line, op_type create")):
@@ -340,13 +359,15 @@ def main(argv: list[str] | None = None) -> int:
         "engine": f"{engine.get('distribution', 'elasticsearch')} {engine.get('number', '?')}",
         "docs_per_s": {side: [round(x, 1) for x in v] for side, v in rates.items()},
         "cpu_us_per_doc": {side: round(v, 1) for side, v in cpu_us.items()},
+        "node_cpu_us_per_doc": {side: round(v, 1) for side, v in node_us.items()},
         "lost": lost, "duplicated": dup, "per_round": rounds,
         "figures": figures,
         "python": platform.python_version(), "cpus": os.cpu_count(),
     }
     for side in sides:
         print(f"{SIDES[side]}: {med[side]:,.0f} docs/s (rounds: "
-              f"{', '.join(f'{x:,.0f}' for x in rates[side])}; CPU {cpu_us[side]:.0f} us/doc; "
+              f"{', '.join(f'{x:,.0f}' for x in rates[side])}; CPU {cpu_us[side]:.0f} us/doc, "
+              f"node {node_us[side]:.0f} us/doc; "
               f"{lost[side]} lost, {dup[side]} duplicated)")
     for f in figures:
         print(f"ratio {f['name']}: {f['ratio']:.2f}x (target >= {TARGET}x)")

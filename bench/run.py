@@ -27,11 +27,11 @@ from .fs import BenchFS
 FULL = dict(rounds=5, n=40_000, n_fsync=15_000, n_bare_fsync=1_500, n_dirq=10_000,
             n_pq_file=1_000, n_pq_sqlite=300, backlog_small=1_000, backlog_big=1_000_000,
             backlog_window=50_000, latency_samples=400, idle_seconds=10.0, ship_docs=100_000,
-            rsyslog_rounds=3)
+            rsyslog_rounds=5)
 QUICK = dict(rounds=3, n=15_000, n_fsync=6_000, n_bare_fsync=600, n_dirq=4_000,
              n_pq_file=400, n_pq_sqlite=150, backlog_small=1_000, backlog_big=100_000,
              backlog_window=20_000, latency_samples=150, idle_seconds=5.0, ship_docs=20_000,
-            rsyslog_rounds=2)
+            rsyslog_rounds=3)
 
 
 @dataclass
