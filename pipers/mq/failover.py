@@ -153,6 +153,7 @@ class Failover:
                 ship._finish(item)
         ship._settle([])
         n = sum(confirmed)
+        ship.metrics.add(forwarded=n)  # left pending/ for the failover queue
         self.sent += n
         if n < len(items):
             return self._broker_away(ship, now, self.out.error)
