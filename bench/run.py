@@ -231,7 +231,7 @@ def shipper(w: str, cfg: dict, logf: str,
                 figs.append(missing)
             else:
                 with open(results) as f:
-                    out = json.load(f)
+                    out.update(json.load(f))
                 figs += [_ship_figure(x) for x in (out.get("figures") or [out])]
         else:
             figs.append(missing)
