@@ -27,6 +27,7 @@ thread only. Delivered files are unlinked on a few threads (`Remover`).
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import os
 import shutil
@@ -56,6 +57,7 @@ from .index import IndexNamer
 
 CLAIM_CHUNK = 256  # messages claimed (renamed into pending/) per step while filling
 UNLINK_THREADS = 4
+GC_THRESHOLD = 20_000  # allocations between young collections (tune_gc)
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 log = logging.getLogger("pipers.ship")
 
@@ -108,6 +110,21 @@ def _unlink_all(paths: list[str]) -> None:
             pass
         except OSError as e:  # left in pending/: recovered and resent (409) later
             log.warning("cannot remove delivered message %s: %s", path, e.strerror)
+
+
+def tune_gc() -> None:
+    """Fewer, cheaper cyclic collections while bundles are in hand.
+
+    Every claimed message is a few container objects that live until its
+    bundle is answered (thousands of messages). With the default threshold
+    (700) they are scanned by several collections and promoted, and the import-
+    time objects were rescanned by each full collection: 6 % of the shipper's
+    CPU in a perf profile. Import-time objects are frozen (never scanned
+    again) and young collections run every 20,000 allocations, so most items
+    die before their first scan. Cycles are still collected.
+    """
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, 20, 20)
 
 
 @dataclass
@@ -163,6 +180,7 @@ class Ship(Piper):
     def initialize(self) -> None:
         self.client = self.make_client()
         super().initialize()
+        tune_gc()
         self.log.info("shipping to %s", ", ".join(self.client.urls))
 
     def loop(self, now: float) -> float:
