@@ -56,6 +56,7 @@ from .bundle import Item, body, make_item, take
 from .index import IndexNamer
 
 CLAIM_CHUNK = 256  # messages claimed (renamed into pending/) per step while filling
+EARLY_BUNDLE = 2048  # with a backlog: sent as soon as the sender is idle (bigger: less node CPU)
 UNLINK_THREADS = 4
 GC_THRESHOLD = 20_000  # allocations between young collections (tune_gc)
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
@@ -215,14 +216,16 @@ class Ship(Piper):
         """Claim messages until the hand holds a bundle (count or bytes) or incoming/ is empty.
 
         With `early`, filling also stops once the sender is idle (nothing in
-        flight, or its answer is in) and the hand holds at least a claim chunk:
-        that part goes at once (`_due`) instead of leaving the connection idle
-        while the rest of a full bundle is read. Bundles then size themselves to
-        the cluster's pace, up to `--bundle-size`.
+        flight, or its answer is in) and the hand holds at least EARLY_BUNDLE
+        messages: that part goes at once (`_due`) instead of leaving the
+        connection idle while the rest of a full bundle is read. Bundles then
+        size themselves to the cluster's pace, up to `--bundle-size`. (With 256
+        instead of 2048, the node spent 11 % more CPU on the same documents,
+        one request per 256, on a machine where it shares the cores with us.)
         """
         self.incoming_empty = False
         while len(self.hand) < self.ship.bundle_size and self.hand_bytes < self.byte_limit:
-            if early and len(self.hand) >= CLAIM_CHUNK and (
+            if early and len(self.hand) >= EARLY_BUNDLE and (
                     self.flight is None or self.flight.future.done()):
                 return
             want = min(CLAIM_CHUNK, self.ship.bundle_size - len(self.hand))
@@ -266,7 +269,7 @@ class Ship(Piper):
             return 0.0
         if self.incoming_empty and (self.options.once or self.ship.flush_interval <= 0):
             return 0.0
-        if not self.incoming_empty and len(self.hand) >= CLAIM_CHUNK:
+        if not self.incoming_empty and len(self.hand) >= EARLY_BUNDLE:
             return 0.0  # a backlog and the sender idle: keep the connection busy
         return max(0.0, (self.hand_since or now) + self.ship.flush_interval - now)
 
