@@ -17,7 +17,7 @@ import pytest
 
 from queues import Queue, journal
 from tests.helpers import files, wait_for
-from tests.ship_helpers import indexed, messages, unique_index, waiting_because
+from tests.ship_helpers import indexed, messages, ship_states, unique_index, waiting_because
 
 
 def ship_args(node, queue: Queue, *extra: str) -> tuple[str, ...]:
@@ -170,6 +170,7 @@ def test_a_read_only_index_holds_its_documents_until_the_block_is_lifted(
     why = wait_for(lambda: waiting_because(daemons, q, "cluster_block_exception"),
                    what="the shipper to wait on the block")
     assert "20 documents refused for now" in why
+    assert [s.get("on") for s in ship_states(daemons, q) if s["state"] == "waiting"] == ["cluster"]
     assert files(q.errors) == [] and len(files(q.pending)) == 20  # kept, not failed
     assert indexed(search_node, index) == 0
     search_node.request("PUT", f"/{index}/_settings", {"index.blocks.write": False})

@@ -163,7 +163,7 @@ class Failover:
     def _broker_away(self, ship: Ship, now: float, why: str) -> float:
         delay = self.backoff.fail(now)
         ship.set_state("waiting", f"search cluster and failover broker unreachable ({why}); "
-                       f"{len(ship.hand)} messages kept in pending/")
+                       f"{len(ship.hand)} messages kept in pending/", on="cluster")
         return min(delay, max(0.01, ship.backoff.remaining(now)))
 
     # -- once it is back --------------------------------------------------------------------------

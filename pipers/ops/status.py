@@ -70,15 +70,13 @@ def queue_throughput(daemons: Iterable[dict], now: float, window: float = WINDOW
 # -- waiting -----------------------------------------------------------------------------------
 
 def on_cluster(state: dict) -> bool:
-    """Whether a daemon state says the shipper waits on the search cluster.
+    """Whether a daemon state says it waits on the search cluster.
 
-    The shipper (pipers/ship/shipper.py) sets "waiting" with a why that starts
-    "search cluster unavailable ..." (outage) or "N documents refused for now ..."
-    (429/5xx back-off); its other waits (a full disk) are not the cluster's.
+    The shipper (pipers/ship/shipper.py, pipers/mq/failover.py) marks those waits with
+    `"on": "cluster"` in its state file: an outage, or documents refused for now (429/5xx,
+    a write block). Its other waits (a full disk, errors/ unwritable) are not the cluster's.
     """
-    why = str(state.get("why", ""))
-    return (state.get("daemon") == "ship" and state.get("state") == "waiting"
-            and ("search cluster" in why or "refused for now" in why))
+    return state.get("state") == "waiting" and state.get("on") == "cluster"
 
 
 # -- one queue ---------------------------------------------------------------------------------

@@ -329,6 +329,7 @@ class Ship(Piper):
                 "waiting",
                 f"{len(refused)} documents refused for now ({refused[0].summary()[:300]}); "
                 f"kept in pending/, next try in {wait:.1f}s",
+                on="cluster",
             )
             if self.backoff.failures == 1:
                 self.log.warning("%d documents refused for now: %s", len(refused),
@@ -480,6 +481,7 @@ class Ship(Piper):
             f"search cluster unavailable for {now - self.down_since:.0f}s ({why[:300]}); "
             f"{len(self.hand)} messages kept in pending/, dequeuing paused, "
             f"next try in {wait:.1f}s",
+            on="cluster",
         )
 
     # -- stopping ---------------------------------------------------------------------------
