@@ -12,10 +12,13 @@ import select
 
 from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent, InotifyFD
 
-# Only arrivals: a file renamed in (the filer protocol) or closed after writing
-# (a plain `cp`). Claims (moves out of incoming/) are filtered by the kernel, so
-# a busy daemon is not flooded with events about its own work.
-_ARRIVALS = InotifyConstants.IN_MOVED_TO | InotifyConstants.IN_CLOSE_WRITE
+# Only arrivals: a file linked in (a writer of the filer protocol: IN_CREATE), renamed
+# in (a writer that could not link, `mv`, a replay) or closed after writing (a plain
+# `cp`, which the protocol does not support: it may be read half written). Claims
+# (moves out of incoming/) are filtered by the kernel, so a busy daemon is not flooded
+# with events about its own work.
+_ARRIVALS = (InotifyConstants.IN_CREATE | InotifyConstants.IN_MOVED_TO
+             | InotifyConstants.IN_CLOSE_WRITE)
 
 
 class _Arrivals:

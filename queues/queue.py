@@ -35,6 +35,9 @@ LOST_BEFORE_RELISTING = 16  # claims lost to siblings in a row before listing in
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 STALE_TMP_SECONDS = 36 * 3600  # Maildir's rule for abandoned files in tmp/
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+# link(2) cannot: the name exists (rename replaces it), hard links refused (protected_hardlinks,
+# a file of another user) or unsupported, too many links, another filesystem
+_NO_LINK = {errno.EEXIST, errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK, errno.EXDEV}
 _tmp_counter = itertools.count()
 
 
@@ -358,13 +361,16 @@ class Queue:
         return returned, poisoned
 
     def sweep_tmp(self, max_age: float = STALE_TMP_SECONDS, now: float | None = None) -> int:
-        """Remove files abandoned in tmp/ longer than `max_age` seconds ago."""
+        """Remove files abandoned in tmp/ longer than `max_age` seconds ago, and at once
+        those already linked into incoming/ (their writer died before removing them)."""
         now = time.time() if now is None else now
         removed = 0
         with os.scandir(self.tmp) as it:
             for entry in it:
                 try:
-                    if now - entry.stat(follow_symlinks=False).st_mtime > max_age:
+                    st = entry.stat(follow_symlinks=False)
+                    if (st.st_nlink > 1 and stat.S_ISREG(st.st_mode)) or (
+                            now - st.st_mtime > max_age):
                         os.unlink(entry.path)
                         removed += 1
                 except (FileNotFoundError, IsADirectoryError, PermissionError):
@@ -475,13 +481,15 @@ class Queue:
 
 
 class Batch:
-    """New messages staged in tmp/ and renamed into incoming/ together.
+    """New messages staged in tmp/ (or claimed files to move on) put into incoming/ together.
 
+    Each staged file is linked into incoming/ under its name and its old name removed
+    after the batch (a rename where no link can be made; see `_link_or_rename`).
     With ``--durability fsync`` the batch is a group commit: one ``syncfs``
     makes every staged file durable before any becomes visible, and one
-    directory fsync makes the renames durable - two flushes per batch rather
-    than one per message. Used as a context manager it commits on success and
-    removes its staged files on error.
+    directory fsync makes the new names durable before any old name goes - two
+    flushes per batch rather than one per message. Used as a context manager it
+    commits on success and removes its staged files on error.
     """
 
     def __init__(self, queue: Queue):
@@ -530,18 +538,24 @@ class Batch:
         return self.add(data, name, urgent=urgent)
 
     def commit(self, progress: Callable[[int], object] | None = None) -> list[str]:
-        """Make the staged messages visible; `progress(n)` hears of each rename (`put`)."""
+        """Make the staged messages visible; `progress(n)` hears of each one (`put`)."""
         if not self._staged and not self._urgent:
             return []
         q = self.queue
         if q.fsync:
             syncfs(q.tmp)
-        for src, name in self._staged:
-            os.rename(src, os.path.join(q.incoming, name))
-            if progress is not None:
-                progress(1)
-        if q.fsync:
-            fsync_dir(q.incoming)
+        linked: list[str] = []  # sources to remove once their links are made (and synced)
+        try:
+            for src, name in self._staged:
+                if _link_or_rename(src, os.path.join(q.incoming, name)):
+                    linked.append(src)
+                if progress is not None:
+                    progress(1)
+            if q.fsync:
+                fsync_dir(q.incoming)
+        finally:
+            for src in linked:
+                _unlink_quietly(src)
         if self._urgent:
             priority.commit(q, self._urgent)
         for src in self._copied_from:
@@ -577,6 +591,26 @@ def _text(text: str) -> str:
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     except UnicodeEncodeError:  # a lone surrogate that is no escaped byte
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _link_or_rename(src: str, dst: str) -> bool:
+    """Give `src` the name `dst` on the same filesystem; True if `src` is still to unlink.
+
+    A link(2) where the filesystem allows it, the caller removing `src` after: rename(2)
+    from one directory to another takes the filesystem's single cross-directory rename
+    lock, on which instances sharing a queue queue up; link(2) and unlink(2) lock only
+    their own directory. A crash between the link and the unlink leaves the message in
+    both places: processed again under the same name (docs/guarantees.md). Where no link
+    can be made (the name is taken, links are refused or unsupported), a rename.
+    """
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError as e:
+        if e.errno not in _NO_LINK:
+            raise
+        os.rename(src, dst)
+        return False
+    return True
 
 
 def _unlink_quietly(path: str) -> None:

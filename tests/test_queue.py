@@ -205,6 +205,18 @@ def test_stale_tmp_files_are_swept(tmp_path):
     assert os.listdir(q.tmp) == ["new"]
 
 
+def test_a_tmp_file_already_linked_into_incoming_is_swept_at_once(tmp_path):
+    q = Queue(tmp_path / "q")
+    stray, pending = os.path.join(q.tmp, "m.1_1"), os.path.join(q.tmp, "n.1_2")
+    for p in (stray, pending):
+        with open(p, "wb") as f:
+            f.write(b'{"i": 1}')
+    os.link(stray, os.path.join(q.incoming, "m"))  # its writer died before the unlink
+    assert q.sweep_tmp() == 1
+    assert os.listdir(q.tmp) == ["n.1_2"]  # still being written: left alone
+    assert files(q.incoming) == ["m"] and os.stat(os.path.join(q.incoming, "m")).st_nlink == 1
+
+
 def test_batch_abort_leaves_nothing_visible(tmp_path):
     q = Queue(tmp_path / "q")
     with pytest.raises(RuntimeError):
@@ -223,6 +235,41 @@ def test_batch_commits_all_at_once(tmp_path, durability):
     assert files(q.incoming) == []  # staged in tmp/, not yet visible
     assert b.commit() == made
     assert files(q.incoming) == sorted(made)
+    assert os.listdir(q.tmp) == []
+
+
+def test_a_move_on_one_filesystem_links_the_claimed_file_itself_then_removes_it(tmp_path):
+    src, dst = Queue(tmp_path / "src"), Queue(tmp_path / "dst")
+    src.put(b'{"near": 1}', name="m")
+    (c,) = src.claim()
+    inode = os.stat(c.path).st_ino
+    with dst.batch() as b:
+        b.add_move(c.path, c.id, src.dev)
+        assert os.stat(c.path).st_nlink == 1  # nothing happens before the commit
+    moved = os.stat(os.path.join(dst.incoming, "m"))
+    assert (moved.st_ino, moved.st_nlink) == (inode, 1)  # the same file, one name left
+    assert files(src.pending) == [] and files(dst.tmp) == []
+
+
+def test_a_name_already_in_incoming_is_replaced_as_a_rename_would(tmp_path):
+    q = Queue(tmp_path / "q")
+    q.put(b'{"old": 1}', name="m")
+    q.put(b'{"new": 2}', name="m")  # link(2) refuses an existing name: renamed over it
+    assert files(q.incoming) == ["m"] and os.listdir(q.tmp) == []
+    assert open(os.path.join(q.incoming, "m"), "rb").read() == b'{"new": 2}'
+
+
+def test_a_failed_commit_removes_the_sources_it_already_linked(tmp_path):
+    q = Queue(tmp_path / "q")
+    b = q.batch()
+    b.add(b'{"i": 1}', name="a")
+    b.add(b'{"i": 2}', name="b")
+    os.mkdir(os.path.join(q.incoming, "b"))  # a directory in the way: the second one fails
+    with pytest.raises(IsADirectoryError):
+        b.commit()
+    assert os.stat(os.path.join(q.incoming, "a")).st_nlink == 1  # a's tmp/ name is gone
+    assert len(os.listdir(q.tmp)) == 1  # b's, until the abort
+    b.abort()
     assert os.listdir(q.tmp) == []
 
 

@@ -1,7 +1,7 @@
 """Power loss cannot be staged here; what makes it survivable can be watched. strace shows
 the order of the system calls that the --durability guarantees rest on:
 
-- fsync: a message's bytes are flushed (syncfs) before its rename makes it visible, the
+- fsync: a message's bytes are flushed (syncfs) before its link (or rename) makes it visible, the
   directory is flushed (fsync) after, and only then is the input removed or the writer
   told "done". A power cut at any point leaves the message either not yet visible (its
   writer was never told it is safe) or durable.
@@ -24,7 +24,8 @@ from queues import Queue
 from tests.faults.search import create_index, indexed, unique_index
 from tests.helpers import PIPERS, ROOT, files
 
-SYSCALLS = "openat,write,rename,renameat,renameat2,syncfs,fsync,fdatasync,unlink,unlinkat"
+SYSCALLS = ("openat,write,rename,renameat,renameat2,link,linkat,syncfs,fsync,fdatasync,unlink,"
+            "unlinkat")
 _LINE = re.compile(r"^(\d+)\s+(\w+)\((.*)$")
 _RESUMED = re.compile(r"^(\d+)\s+<\.\.\. (\w+) resumed>(.*)$")  # a call split by another thread
 _UNFINISHED = " <unfinished ...>"
@@ -60,23 +61,30 @@ def _first(calls, pred, start=0) -> int:
     return next((i for i in range(start, len(calls)) if pred(*calls[i])), -1)
 
 
-def _renames_into(calls, directory: str) -> list[int]:
-    return [i for i, (c, a) in enumerate(calls)
-            if c.startswith("rename") and f'"{directory}/' in a.split(", ")[-1]]
+def _named(call: str, args: str, path: str) -> bool:
+    """Whether a rename or a link gives a name starting with `path`."""
+    if not call.startswith(("rename", "link")):
+        return False
+    new = args.split(", ")[1 if call in ("rename", "link") else 3]  # *at: (dirfd, old, dirfd, new
+    return new.startswith(f'"{path}')
+
+
+def _arrivals_into(calls, directory: str) -> list[int]:
+    return [i for i, (c, a) in enumerate(calls) if _named(c, a, f"{directory}/")]
 
 
 def test_put_with_fsync_flushes_before_it_shows_and_before_it_says_done(tmp_path):
     q = Queue(tmp_path / "q")
     calls = trace(tmp_path, "put", "--queue-out-dir", q.path, "--durability", "fsync",
                   input=b"".join(b'{"i": %d}\n' % i for i in range(50)))
-    renames = _renames_into(calls, q.incoming)
-    assert len(renames) == 50
+    named = _arrivals_into(calls, q.incoming)
+    assert len(named) == 50
     writes = [i for i, (c, a) in enumerate(calls) if c == "write" and f"<{q.tmp}/" in a]
     sync = _first(calls, lambda c, a: c == "syncfs")
     dir_sync = _first(calls, lambda c, a: c == "fsync" and f"<{q.incoming}>" in a)
     told = _first(calls, lambda c, a: c == "write" and "enqueued 50 messages" in a)
-    assert len(writes) == 50 and max(writes) < sync < min(renames)  # bytes first, then names
-    assert max(renames) < dir_sync < told  # "enqueued" only once the names are durable
+    assert len(writes) == 50 and max(writes) < sync < min(named)  # bytes first, then names
+    assert max(named) < dir_sync < told  # "enqueued" only once the names are durable
     assert len(files(q.incoming)) == 50
 
 
@@ -84,7 +92,7 @@ def test_put_with_none_never_flushes(tmp_path):
     q = Queue(tmp_path / "q")
     calls = trace(tmp_path, "put", "--queue-out-dir", q.path, "--durability", "none",
                   input=b'{"i": 1}\n{"i": 2}\n')
-    assert len(_renames_into(calls, q.incoming)) == 2
+    assert len(_arrivals_into(calls, q.incoming)) == 2
     assert [c for c, _ in calls if c in ("syncfs", "fsync", "fdatasync")] == []
 
 
@@ -99,8 +107,7 @@ def test_a_hop_with_fsync_removes_its_input_only_after_its_output_is_durable(
     assert sorted(files(qout.incoming)) == sorted(made)
     checked = 0
     for name in made:
-        out = _first(calls, lambda c, a, n=name: c.startswith("rename")
-                     and a.split(", ")[-1].startswith(f'"{qout.incoming}/{n}"'))
+        out = _first(calls, lambda c, a, n=name: _named(c, a, f"{qout.incoming}/{n}\""))
         assert out >= 0, name
         dir_sync = _first(calls, lambda c, a: c == "fsync" and f"<{qout.incoming}>" in a, out)
         gone = _first(calls, lambda c, a, n=name: c in ("unlink", "rename")
@@ -111,9 +118,9 @@ def test_a_hop_with_fsync_removes_its_input_only_after_its_output_is_durable(
             wrote = max(i for i, (c, a) in enumerate(calls[:out])
                         if c == "write" and f"<{qout.tmp}/{name}." in a)
             assert wrote < sync < out, name
-            assert dir_sync < gone, name  # ...before the input goes
-        else:  # zero copy: the claimed file itself is renamed into the next queue
-            assert gone == out
+        else:  # zero copy: the claimed file itself is linked into the next queue
+            assert calls[out][0].startswith("link"), calls[out]
+        assert dir_sync < gone, name  # ...before the input goes
         checked += 1
     assert checked == 250
 
