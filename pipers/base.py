@@ -26,7 +26,7 @@ from queues.names import child_name
 from . import logs
 from .lineage import FIELD as TRACE_FIELD
 from .lineage import Tracer
-from .metrics import SAMPLE_EVERY, Metrics
+from .metrics import SAMPLE_EVERY, Metrics, MetricsError
 from .waker import Waker
 
 UNCHANGED = object()  # process() result: forward the input bytes as they are
@@ -148,9 +148,8 @@ class Daemon:
         self._install_signals()
         try:
             self.metrics.start()
-        except OSError as e:
-            self.log.error("cannot serve metrics on %s:%d: %s", self.options.metrics_address,
-                           self.options.metrics_port, e.strerror or e)
+        except MetricsError as e:
+            self.log.error("%s", e)
             self.metrics.stop()
             self.waker.close()
             return 1

@@ -17,7 +17,9 @@ it consumes, or feeds when it is a source)::
 
 They are served over HTTP (``--metrics-port``, with the process collector) and/or
 written to a file for node_exporter's textfile collector (``--metrics-textfile``,
-every few seconds and at exit, atomically). The prometheus_client objects (and
+every few seconds and at exit, atomically). Two daemons writing one textfile
+would overwrite each other's figures, so a daemon holds an flock on a hidden
+``.NAME.lock`` beside it, and a second one refuses to start. The prometheus_client objects (and
 the latency histogram) exist only when one of the two is on: its import alone
 costs about 40 ms at every start. Plain totals always run, because the state
 file carries them and a short history of them (`state`) for `pipers status`.
@@ -25,7 +27,9 @@ file carries them and a short history of them (`state`) for `pipers status`.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterable
@@ -57,6 +61,10 @@ TEXTFILE_EVERY = 5.0  # seconds between writes of --metrics-textfile
 log = logging.getLogger("pipers.metrics")
 
 
+class MetricsError(OSError):
+    """The metrics cannot be exported as asked (the message says why, in one line)."""
+
+
 class Metrics:
     """Counters, a latency histogram and their exporters for one daemon process."""
 
@@ -77,6 +85,7 @@ class Metrics:
         self._server = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._lock_fd: int | None = None
 
     def _prometheus(self, daemon: str, queue: str) -> None:
         from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -154,10 +163,12 @@ class Metrics:
     def start(self) -> None:
         """Open the HTTP endpoint and start the textfile writer (after detaching).
 
-        OSError if the port cannot be bound.
+        MetricsError if the port cannot be bound or another daemon writes the textfile.
         """
         if not self.exporting:
             return
+        if self.textfile:
+            self._lock_textfile()
         from prometheus_client import (
             CollectorRegistry,
             PlatformCollector,
@@ -172,7 +183,11 @@ class Metrics:
             served.register(self.registry)
             ProcessCollector(registry=served)
             PlatformCollector(registry=served)
-            self._server, _ = start_http_server(self.port, self.address, registry=served)
+            try:
+                self._server, _ = start_http_server(self.port, self.address, registry=served)
+            except OSError as e:
+                raise MetricsError(f"cannot serve metrics on {self.address}:{self.port}: "
+                                   f"{e.strerror or e}") from None
             log.info("metrics on http://%s:%d/metrics", self.address, self.port)
         if self.textfile:
             error = self.write_textfile()
@@ -194,6 +209,26 @@ class Metrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _lock_textfile(self) -> None:
+        """Hold the textfile's lock for the life of the process; refuse a busy one."""
+        head, tail = os.path.split(self.textfile)
+        lock = os.path.join(head, "." + tail + ".lock")  # not *.prom: the collector skips it
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        except OSError as e:  # no such directory yet, ...: the writes will say so too
+            log.warning("cannot lock %s: %s", lock, e.strerror or e)
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise MetricsError(f"--metrics-textfile {self.textfile} is written by another "
+                               "running daemon: give each instance its own file") from None
+        self._lock_fd = fd
 
     def write_textfile(self) -> OSError | None:
         """Write the textfile now (a temporary file renamed over it); the error, if any."""

@@ -173,6 +173,28 @@ def test_a_busy_port_stops_the_daemon_with_a_clear_error(tmp_path, daemons):
     assert f"cannot serve metrics on 127.0.0.1:{port}" in r.stderr.decode()
 
 
+def test_a_second_daemon_on_the_same_textfile_refuses_to_start(tmp_path, daemons):
+    textfile = tmp_path / "prom" / "pass.prom"
+    textfile.parent.mkdir()
+    args = ("pass", "--queue-in-dir", str(tmp_path / "a"), "--queue-out-dir",
+            str(tmp_path / "b"), "--metrics-textfile", str(textfile))
+    first = daemons.start(*args)
+    wait_for(textfile.exists, what="the first daemon's textfile")
+    second = daemons.run(*args, timeout=60)
+    assert second.returncode == 1
+    err = second.stderr.decode()
+    assert f"--metrics-textfile {textfile} is written by another running daemon" in err
+    assert first.poll() is None  # the first one goes on, its file untouched by the second
+    Queue(tmp_path / "a").put(b'{"n": 1}')
+    wait_for(lambda: parse(textfile.read_text()).get("forwarded") == 1, timeout=30,
+             what="the first daemon's count in the textfile")
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(30) == 0
+    third = daemons.run(*args, "--once", timeout=60)  # the lock went with its holder
+    assert third.returncode == 0, third.stderr.decode()
+    assert sorted(p.name for p in textfile.parent.iterdir()) == [".pass.prom.lock", "pass.prom"]
+
+
 def test_metrics_off_by_default_and_every_daemon_has_the_options(daemons):
     for command in ("pass", "enrich", "filter", "print", "run", "ship", "probe", "collect"):
         r = daemons.run(command, "--help")
