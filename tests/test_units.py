@@ -89,6 +89,27 @@ def test_systemd_analyze_verify_reports_a_broken_unit(tmp_path):
     assert "Restrat" in out and "/nonexistent/pipers" in out
 
 
+def exposure(unit: Path) -> float:
+    """systemd's own rating of a unit's sandboxing (0 safest .. 10 exposed)."""
+    r = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager",
+                        str(unit)], capture_output=True, text=True, timeout=120)
+    m = re.search(r"Overall exposure level for \S+: ([0-9.]+) (\w+)", r.stdout)
+    assert r.returncode == 0 and m, r.stdout + r.stderr
+    return float(m.group(1))
+
+
+@pytest.mark.parametrize("daemon", DAEMONS)
+def test_systemd_rates_each_unit_well_sandboxed(tmp_path, daemon):
+    unit = tmp_path / f"pipers-{daemon}@1.service"
+    text = unit_path(daemon).read_text()
+    unit.write_text(text)
+    assert exposure(unit) <= 2.5  # "OK" (Debian 12's systemd rates the units 1.9)
+    bare = tmp_path / f"bare-{daemon}@1.service"  # the same unit without its hardening
+    bare.write_text("\n".join(line for line in text.splitlines()
+                              if line.startswith(("[", "ExecStart=", "User=", "Group="))))
+    assert exposure(bare) >= 8.0  # the check can fail: "EXPOSED" without those lines
+
+
 @pytest.mark.parametrize("daemon", DAEMONS)
 def test_unit_runs_the_daemon_restarted_hardened_as_its_user(daemon):
     s = settings(unit_path(daemon))
