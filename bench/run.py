@@ -27,11 +27,11 @@ from .fs import BenchFS
 FULL = dict(rounds=5, n=40_000, n_fsync=15_000, n_bare_fsync=1_500, n_dirq=10_000,
             n_pq_file=1_000, n_pq_sqlite=300, backlog_small=1_000, backlog_big=1_000_000,
             backlog_window=50_000, latency_samples=400, idle_seconds=10.0, ship_docs=100_000,
-            rsyslog_rounds=5)
+            rsyslog_rounds=5, kill_docs=100_000)
 QUICK = dict(rounds=3, n=15_000, n_fsync=6_000, n_bare_fsync=600, n_dirq=4_000,
              n_pq_file=400, n_pq_sqlite=150, backlog_small=1_000, backlog_big=100_000,
              backlog_window=20_000, latency_samples=150, idle_seconds=5.0, ship_docs=20_000,
-            rsyslog_rounds=3)
+            rsyslog_rounds=3, kill_docs=20_000)
 
 
 @dataclass
@@ -201,7 +201,8 @@ def shipper(w: str, cfg: dict, logf: str,
     """Against a local search node: bench/ship_bench.py's figures (shipper vs
     helpers.bulk) when that script exists, and the idle latency put -> 3 hops ->
     ship -> acknowledged ("ship"); the shipper against rsyslog's omelasticsearch
-    (bench/rsyslog_bench.py, "rsyslog")."""
+    (bench/rsyslog_bench.py, "rsyslog"); both killed with SIGKILL mid-run
+    (bench/kill_bench.py, "kill")."""
     script = os.path.join(ROOT, "bench", "ship_bench.py")
     missing = Figure("shipper vs helpers.bulk", None, "docs/s", "helpers.bulk", None,
                      ">= 1.0x", note="missing: bench/ship_bench.py does not exist yet")
@@ -218,6 +219,8 @@ def shipper(w: str, cfg: dict, logf: str,
         node.start()
         if "rsyslog" in parts:
             figs += _rsyslog(node.url, w, cfg, out)
+        if "kill" in parts:
+            figs += _kill(node.url, w, cfg, out)
         if "ship" not in parts:
             return figs, out
         if os.path.exists(script):
@@ -289,6 +292,35 @@ def _rsyslog(url: str, w: str, cfg: dict, out: dict) -> list[Figure]:
     return figs
 
 
+def _kill(url: str, w: str, cfg: dict, out: dict) -> list[Figure]:
+    """bench/kill_bench.py against the node: lost + duplicated documents after kill -9."""
+    fig = Figure("kill -9 mid-run, restarted: documents lost + duplicated", None, "docs",
+                 "rsyslog omelasticsearch, the same kill", None, "< 1 docs")
+    results = os.path.join(w, "kill-results.json")
+    log(f"shipper: bench/kill_bench.py --docs {cfg['kill_docs']}")
+    try:
+        r = subprocess.run([sys.executable, "-m", "bench.kill_bench", "--es-url", url,
+                            "--docs", str(cfg["kill_docs"]), "--results", results], cwd=ROOT,
+                           env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=3600)
+    except subprocess.TimeoutExpired:
+        fig.note = "failed: bench/kill_bench.py timed out"
+        return [fig]
+    if r.returncode or not os.path.exists(results):
+        fig.note = ("missing: rsyslogd or omelasticsearch (make bench-deps)" if r.returncode == 3
+                    else f"failed: bench/kill_bench.py exited with {r.returncode}")
+        return [fig]
+    with open(results) as f:
+        out["kill"] = rec = json.loads(f.read().splitlines()[-1])
+    sides = rec["sides"]
+    fig.value = sides["ship"]["lost"] + sides["ship"]["duplicated"]
+    fig.baseline = sides["rsyslog"]["lost"] + sides["rsyslog"]["duplicated"]
+    fig.ok = fig.value < 1
+    fig.note = "; ".join(f"{side}: killed at {s['count_at_kill']:,} of {rec['docs']:,}, "
+                         f"{s['lost']:,} lost, {s['duplicated']:,} duplicated"
+                         for side, s in sides.items())
+    return [fig]
+
+
 def _ship_figure(x: dict) -> Figure:
     """A figure as ship_bench.py reports it (same field names as ours, or value/baseline)."""
     value, base = x.get("value"), x.get("baseline")
@@ -329,12 +361,12 @@ def main() -> int:
     ap.add_argument("--results", default=os.path.join(ROOT, "bench", "results.json"))
     ap.add_argument("--only", action="append", choices=["throughput", "pipeline", "backlog",
                                                          "latency", "ship", "rsyslog",
-                                                         "rootfs"],
+                                                         "kill", "rootfs"],
                     help="run only these phases (repeatable)")
     args = ap.parse_args()
     cfg = QUICK if args.quick else FULL
     phases = args.only or ["throughput", "pipeline", "backlog", "latency", "ship", "rsyslog",
-                           "rootfs"]
+                           "kill", "rootfs"]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unmount on the way out
     started = time.time()
     figs: list[Figure] = []
@@ -348,7 +380,7 @@ def main() -> int:
             if phase in phases:
                 f, raw[phase] = fn(w, cfg, logf)
                 figs += f
-        parts = tuple(p for p in ("ship", "rsyslog") if p in phases)
+        parts = tuple(p for p in ("ship", "rsyslog", "kill") if p in phases)
         if parts:  # one search node for both
             f, raw["ship"] = shipper(w, cfg, logf, parts)
             figs += f

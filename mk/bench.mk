@@ -3,7 +3,8 @@
 # measures in $(BUILD)/bench as it is and says so).
 #
 #   make bench          everything (~15 min): throughput, backlog of 1,000,000,
-#                       latency, idle CPU, shipper vs helpers.bulk and vs rsyslog
+#                       latency, idle CPU, shipper vs helpers.bulk and vs rsyslog,
+#                       both killed with SIGKILL mid-run
 #   make bench-quick    smaller sizes and fewer rounds (~4 min)
 #   make bench-profile  pyinstrument and py-spy profiles of one pass hop
 #   make bench-chart    the chart of the last results again
