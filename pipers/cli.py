@@ -1,29 +1,60 @@
-"""The `pipers` command: one click group, a subcommand per daemon or tool."""
+"""The `pipers` command: one click group, a subcommand per daemon or tool.
+
+Each subcommand's module is imported only when that subcommand runs (or a help
+lists it), so `pipers ship` does not pay for the broker client, the drop
+directory's watcher and the rest at every start.
+"""
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
 
-from .mq import consume as mq_consume
-from .mq import publish as mq_publish
-from .ops import put, replay, status
-from .ship import command as ship
-from .sources import collect, prioritize, probe
-from .transforms import enrich, filter, passthrough, printer, run
+# name -> the module whose `command` it is
+COMMANDS = {
+    "print": "pipers.transforms.printer",
+    "pass": "pipers.transforms.passthrough",
+    "enrich": "pipers.transforms.enrich",
+    "filter": "pipers.transforms.filter",
+    "run": "pipers.transforms.run",
+    "put": "pipers.ops.put",
+    "status": "pipers.ops.status",
+    "replay": "pipers.ops.replay",
+    "probe": "pipers.sources.probe",
+    "collect": "pipers.sources.collect",
+    "prioritize": "pipers.sources.prioritize",
+    "ship": "pipers.ship.command",
+    "mq-publish": "pipers.mq.publish",
+    "mq-consume": "pipers.mq.consume",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context | None) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(COMMANDS))
+
+    def get_command(self, ctx: click.Context | None, name: str) -> click.Command | None:
+        if name not in self.commands and name in COMMANDS:
+            command = importlib.import_module(COMMANDS[name]).command
+            assert command.name == name, (name, command.name)
+            self.add_command(command)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="pipers")
 def cli():
     """Durable JSON pipelines: small daemons chained by queue directories."""
 
 
-for module in (printer, passthrough, enrich, filter, run, put, status, replay, probe,
-               collect, prioritize, ship,
-               mq_publish, mq_consume):
-    cli.add_command(module.command)
+def all_commands() -> dict[str, click.Command]:
+    """Every subcommand by name (imports them all)."""
+    return {name: cli.get_command(None, name) for name in cli.list_commands(None)}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import click
 import pytest
 
-from pipers.cli import cli
+from pipers.cli import all_commands
 from tests.helpers import PIPERS, ROOT, wait_for
 
 ETC = ROOT / "etc"
@@ -151,7 +151,7 @@ def test_unit_command_line_with_the_sample_config_is_accepted(daemon):
     argv = shlex.split(settings(unit_path(daemon))["ExecStart"][0])[2:]
     argv = [str(ETC / "pipers.toml") if a == "/etc/pipers/pipers.toml" else a.replace("%i", "1")
             for a in argv]
-    command = cli.commands[daemon]
+    command = all_commands()[daemon]
     with command.make_context(daemon, argv) as ctx:
         params = ctx.params
     assert params["log_file"] == f"/var/log/pipers/{daemon}@1.log"
@@ -180,7 +180,7 @@ def test_sample_config_is_valid_for_every_command_it_configures():
     sections = {k for k, v in doc.items() if isinstance(v, dict)}
     assert sections == set(DAEMONS)
     for name in sections:  # every key of a section is a flag of that command
-        command = cli.commands[name]
+        command = all_commands()[name]
         flags = {o[2:] for p in command.params if isinstance(p, click.Option) for o in p.opts}
         assert set(doc[name]) <= flags, (name, set(doc[name]) - flags)
 
