@@ -198,3 +198,10 @@ def settle(max_wait: float = 30.0, below_mb: float = 64.0) -> None:
         os.sync()
         time.sleep(0.2)
     time.sleep(0.2)
+
+
+def append_record(path: str | os.PathLike, record: dict) -> None:
+    """Append one JSON record (a line) to a results file, making its directory."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(orjson.dumps(record).decode() + "\n")

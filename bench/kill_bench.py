@@ -23,10 +23,8 @@ shipper must lose and duplicate nothing).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -34,7 +32,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.common import ROOT
+from bench.common import ROOT, append_record, stop
 from bench.rsyslog_bench import RSYSLOGD, config, exactness, module_dir, rsyslog_version
 from bench.ship_bench import count, document, http, make_index
 from queues import Queue
@@ -67,17 +65,6 @@ def wait_still(url: str, index: str, proc: subprocess.Popen, settle: float,
     return last
 
 
-def stop(proc: subprocess.Popen) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
-
-
 def rsyslog_side(url: str, index: str, lines: Path, n: int, work: Path, batch: int,
                  at: float, settle: float, timeout: float, ids: bool) -> dict:
     work.mkdir(parents=True)
@@ -97,8 +84,8 @@ def rsyslog_side(url: str, index: str, lines: Path, n: int, work: Path, batch: i
         second = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                   stdin=subprocess.DEVNULL)
         wait_still(url, index, second, settle, timeout)
-        code = stop(second)
-    return {"count_at_kill": at_kill, "spool_after_kill": spooled, "exit": code}
+        stop([second], timeout=60)
+    return {"count_at_kill": at_kill, "spool_after_kill": spooled, "exit": second.returncode}
 
 
 def ship_side(url: str, index: str, docs: list[bytes], n: int, work: Path, batch: int,
@@ -174,9 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {"bench": "kill", "time": datetime.now(UTC).isoformat(timespec="seconds"),
               "docs": n, "at": args.at, "bundle_size": args.bundle_size,
               "rsyslog": rsyslog_version(), "sides": sides}
-    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.results, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    append_record(args.results, record)
     return 0
 
 

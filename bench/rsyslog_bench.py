@@ -48,13 +48,11 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import os
 import platform
 import re
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -62,7 +60,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.common import ROOT, median, settle
+from bench.common import ROOT, append_record, median, settle, stop
 from bench.ship_bench import count, document, http, make_index, warm_up
 from queues import Queue
 
@@ -191,13 +189,7 @@ def run_rsyslog(url: str, index: str, lines: Path, n: int, work: Path, batch: in
     try:
         t1 = poll_count(url, index, n, proc, timeout, "rsyslogd")
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop([proc], timeout=60)
         log.close()
     cpu = children_cpu() - cpu0  # its shutdown included
     errors = work / "es-errors.json"
@@ -371,9 +363,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{lost[side]} lost, {dup[side]} duplicated)")
     for f in figures:
         print(f"ratio {f['name']}: {f['ratio']:.2f}x (target >= {TARGET}x)")
-    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.results, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    append_record(args.results, record)
     return 0
 
 

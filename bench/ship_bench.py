@@ -26,7 +26,6 @@ record (a line) to FILE.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -45,7 +44,7 @@ if str(ROOT) not in sys.path:
 
 import orjson  # noqa: E402
 
-from bench.common import message  # noqa: E402
+from bench.common import append_record, message  # noqa: E402
 from queues import Queue  # noqa: E402
 
 
@@ -227,9 +226,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{helpers_rate:,.0f} docs/s (process CPU {helpers['cpu_seconds']:.2f}s, "
           f"start-up included)")
     print(f"ratio ship / helpers.bulk = {ship_rate / helpers_rate:.2f}")
-    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.results, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    append_record(args.results, record)
     return 0
 
 
