@@ -199,12 +199,12 @@ class Metrics:
 
     def stop(self) -> None:
         """Last textfile write; close the endpoint."""
-        if self._thread is not None:
+        if self._thread is not None:  # the textfile is ours (never when refused at start)
             self._stop.set()
             self._thread.join()
             self._thread = None
-        if self.textfile and self.write_textfile() is not None:
-            log.warning("cannot write metrics to %s at exit", self.textfile)
+            if self.write_textfile() is not None:
+                log.warning("cannot write metrics to %s at exit", self.textfile)
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
