@@ -180,12 +180,11 @@ def test_a_second_daemon_on_the_same_textfile_refuses_to_start(tmp_path, daemons
             str(tmp_path / "b"), "--metrics-textfile", str(textfile))
     first = daemons.start(*args)
     wait_for(textfile.exists, what="the first daemon's textfile")
+    first.send_signal(signal.SIGSTOP)  # no write of its own meanwhile; it keeps the lock
     ino = textfile.stat().st_ino  # each write replaces the file: a new inode
-    wait_for(lambda: textfile.stat().st_ino != ino, timeout=15, interval=0.02,
-             what="the first daemon's periodic write")  # the next one is 5 s away
-    ino = textfile.stat().st_ino
     second = daemons.run(*args, timeout=60)
     assert textfile.stat().st_ino == ino, "the refused daemon wrote the textfile"
+    first.send_signal(signal.SIGCONT)
     assert second.returncode == 1
     err = second.stderr.decode()
     assert f"--metrics-textfile {textfile} is written by another running daemon" in err
