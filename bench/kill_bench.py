@@ -33,9 +33,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.common import ROOT, append_record, stop
-from bench.rsyslog_bench import RSYSLOGD, config, exactness, module_dir, rsyslog_version
+from bench.rsyslog_bench import (
+    RSYSLOGD,
+    exactness,
+    module_dir,
+    rsyslog_command,
+    rsyslog_version,
+    ship_command,
+)
 from bench.ship_bench import count, document, http, make_index
-from queues import Queue
 
 POLL = 0.1
 
@@ -67,12 +73,7 @@ def wait_still(url: str, index: str, proc: subprocess.Popen, settle: float,
 
 def rsyslog_side(url: str, index: str, lines: Path, n: int, work: Path, batch: int,
                  at: float, settle: float, timeout: float, ids: bool) -> dict:
-    work.mkdir(parents=True)
-    (work / "spool").mkdir()
-    conf = work / "rsyslog.conf"
-    port = int(url.rsplit(":", 1)[1])
-    conf.write_text(config(work, lines, port, index, batch, n + n // 10, ids))
-    cmd = [RSYSLOGD, "-n", "-f", str(conf), "-i", str(work / "rsyslogd.pid")]
+    cmd = rsyslog_command(url, index, lines, work, batch, n + n // 10, ids)
     with open(work / "rsyslogd.log", "wb") as log:
         first = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                  stdin=subprocess.DEVNULL)
@@ -90,16 +91,7 @@ def rsyslog_side(url: str, index: str, lines: Path, n: int, work: Path, batch: i
 
 def ship_side(url: str, index: str, docs: list[bytes], n: int, work: Path, batch: int,
               at: float, timeout: float) -> dict:
-    work.mkdir(parents=True)
-    queue = Queue(work / "ship-queue")
-    with queue.batch() as b:  # as bench/ship_bench.py leaves it: written, not synced
-        for data in docs:
-            b.add(data)
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    env.pop("PIPERS_ES_URL", None)
-    cmd = [sys.executable, "-m", "pipers", "ship", "--queue-in-dir", queue.path, "--es-url",
-           url, "--default-index", index, "--bundle-size", str(batch), "--once",
-           "--log-level", "WARNING"]
+    queue, cmd, env = ship_command(url, index, docs, work, batch)
     first = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     at_kill = wait_until(url, index, int(n * at), first, timeout)

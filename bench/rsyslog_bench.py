@@ -170,8 +170,9 @@ def exactness(url: str, index: str, n: int) -> dict:
             "duplicated": total - distinct}
 
 
-def run_rsyslog(url: str, index: str, lines: Path, n: int, work: Path, batch: int,
-                queue_size: int, timeout: float, ids: bool = False) -> dict:
+def rsyslog_command(url: str, index: str, lines: Path, work: Path, batch: int,
+                    queue_size: int, ids: bool = False) -> list[str]:
+    """Make `work` (configuration, spool), check the configuration; rsyslogd's command."""
     work.mkdir(parents=True)
     (work / "spool").mkdir()
     port = int(url.rsplit(":", 1)[1])
@@ -180,12 +181,17 @@ def run_rsyslog(url: str, index: str, lines: Path, n: int, work: Path, batch: in
     check = subprocess.run([RSYSLOGD, "-N1", "-f", str(conf)], capture_output=True, text=True)
     if check.returncode:
         raise SystemExit(f"rsyslogd refused its configuration:\n{check.stderr}")
+    return [RSYSLOGD, "-n", "-f", str(conf), "-i", str(work / "rsyslogd.pid")]
+
+
+def run_rsyslog(url: str, index: str, lines: Path, n: int, work: Path, batch: int,
+                queue_size: int, timeout: float, ids: bool = False) -> dict:
+    cmd = rsyslog_command(url, index, lines, work, batch, queue_size, ids)
     settle()
     log = open(work / "rsyslogd.log", "wb")  # noqa: SIM115 (closed below)
     cpu0 = children_cpu()
     t0 = time.perf_counter()
-    proc = subprocess.Popen([RSYSLOGD, "-n", "-f", str(conf), "-i", str(work / "rsyslogd.pid")],
-                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         t1 = poll_count(url, index, n, proc, timeout, "rsyslogd")
     finally:
@@ -199,11 +205,10 @@ def run_rsyslog(url: str, index: str, lines: Path, n: int, work: Path, batch: in
             "spooled_at_shutdown": left}
 
 
-def run_ship(url: str, index: str, docs: list[bytes], n: int, work: Path, bundle_size: int,
-             timeout: float) -> dict:
-    """bench/ship_bench.py's ship side (same queue, same command), timed like rsyslog."""
+def ship_command(url: str, index: str, docs: list[bytes], work: Path,
+                 bundle_size: int) -> tuple[Queue, list[str], dict[str, str]]:
+    """Make `work` with a queue holding `docs`; the queue, `pipers ship --once` and its env."""
     work.mkdir(parents=True)
-    settle()
     queue = Queue(work / "ship-queue")
     with queue.batch() as batch:  # as ship_bench.py leaves it: written, not synced
         for data in docs:
@@ -213,6 +218,14 @@ def run_ship(url: str, index: str, docs: list[bytes], n: int, work: Path, bundle
     cmd = [sys.executable, "-m", "pipers", "ship", "--queue-in-dir", queue.path,
            "--es-url", url, "--default-index", index, "--bundle-size", str(bundle_size),
            "--once", "--log-level", "WARNING"]
+    return queue, cmd, env
+
+
+def run_ship(url: str, index: str, docs: list[bytes], n: int, work: Path, bundle_size: int,
+             timeout: float) -> dict:
+    """bench/ship_bench.py's ship side (same queue, same command), timed like rsyslog."""
+    settle()
+    queue, cmd, env = ship_command(url, index, docs, work, bundle_size)
     cpu0 = children_cpu()
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,

@@ -88,9 +88,9 @@ def test_installed_pipers_help_version_and_every_subcommand_help(installed, tmp_
     cfg.read(src / "setup.cfg")
     version = run([pipers, "--version"], cwd=tmp_path, env=env).stdout
     assert cfg["metadata"]["version"] in version
-    assert set(all_commands()) >= {"probe", "collect", "enrich", "ship", "put", "status",
-                                 "replay"}
-    for name in all_commands():
+    commands = all_commands()
+    assert set(commands) >= {"probe", "collect", "enrich", "ship", "put", "status", "replay"}
+    for name in commands:
         assert name in top
         out = run([pipers, name, "--help"], cwd=tmp_path, env=env).stdout
         assert f"Usage: pipers {name}" in out
