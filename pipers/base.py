@@ -33,6 +33,14 @@ UNCHANGED = object()  # process() result: forward the input bytes as they are
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 
 
+def _valid_json(data: bytes) -> bool:
+    try:
+        orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
 class Output(NamedTuple):
     """A message for a queue other than the daemon's --queue-out-dir."""
 
@@ -257,12 +265,20 @@ class Piper(Daemon):
     """A daemon with an input queue: claim, process, forward, finish."""
 
     name = "piper"
+    forwards_unchanged = False  # process() returns UNCHANGED for every valid message
 
     def __init__(self, options: Options, clock: Callable[[], float] = time.time):
         super().__init__(options, clock)
         if not options.queue_in_dir:
             raise ValueError("--queue-in-dir is required")
         self.queue_in = options.queue(options.queue_in_dir)
+        out = self.queue_out
+        # one rename per message, no claim (Queue.pass_on): same filesystem, no fsync,
+        # and no lineage to add
+        self._pass_on = (
+            self.forwards_unchanged and not options.trace and out is not None
+            and out.dev == self.queue_in.dev and not out.fsync and not self.queue_in.fsync
+        )
         self.journal = Journal(
             options.journal_dir, file_mode=self.queue_in.file_mode,
             dir_mode=self.queue_in.dir_mode,
@@ -319,21 +335,40 @@ class Piper(Daemon):
         if limit == 0:
             self._paused_until = now + self.options.queue_out_wait
             return self.options.queue_out_wait
-        claims = self.queue_in.claim(limit)
-        if not claims and self.waker.resume():  # was busy: watch again, then look once more
+        moved, claims = self._take(limit)
+        if not moved and not claims and self.waker.resume():  # was busy: watch, look again
             self.queue_in.forget()
-            claims = self.queue_in.claim(limit)
-        elif len(claims) == self.options.batch_size:  # busy: more wait, the loop lists them
+            moved, claims = self._take(limit)
+        elif moved + len(claims) == self.options.batch_size:  # busy: the loop lists the rest
             self.waker.pause()
-        if not claims:
+        if not moved and not claims:
+            if self._paused_until > now:  # pass_on found the output's disk full
+                return self._paused_until - now
             self.drained = True
             self.set_state("idle")
             return max(0.0, min(self.options.queue_in_wait, self._next_maintenance - now))
         self.drained = False
-        wait = self.handle(claims)
+        wait = self.handle(claims) if claims else 0.0
         if self._paused_until <= now:  # what could not be written keeps "waiting" (logged once)
             self.set_state("running")
         return wait
+
+    def _take(self, limit: int) -> tuple[int, list[Claim]]:
+        """Claims for `handle`, after moving what `pass_on` can (returns how many it moved)."""
+        if not self._pass_on:
+            return 0, self.queue_in.claim(limit)
+        done = self.queue_in.pass_on(limit, self.queue_out, _valid_json)
+        n = len(done.moved)
+        if n:
+            self.gate.added(n)
+            self.metrics.add(received=n, forwarded=n, bytes=done.size)
+            self.metrics.finished(done.moved, self.clock())
+            self.processed += n
+        if done.full is not None:
+            e = done.full
+            self.set_state("waiting", f"cannot write output: {e.strerror} ({e.filename})")
+            self._paused_until = self.clock() + self.options.queue_out_wait
+        return n, done.claims
 
     def handle(self, claims: list[Claim]) -> float:
         """Process a batch of claims; returns seconds to wait before the next."""

@@ -12,7 +12,7 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import orjson
@@ -65,6 +65,16 @@ class Claim:
     @property
     def attempts(self) -> int:
         return names.split_attempts(self.name)[1]
+
+
+@dataclass
+class Passed:
+    """What one `Queue.pass_on` round did."""
+
+    moved: list[str] = field(default_factory=list)  # names now in the next queue
+    size: int = 0  # their bytes
+    claims: list[Claim] = field(default_factory=list)  # for the ordinary path
+    full: OSError | None = None  # the disk was full: the round ended there
 
 
 class Queue:
@@ -184,12 +194,87 @@ class Queue:
         A message a sibling took first (ENOENT) is skipped; the caller owns
         every returned claim until it finishes, fails or releases it.
         """
-        refilled = relisted = False
         tag = OWNER_SEP + me().tag
-        inc, pend = self.incoming + os.sep, self.pending + os.sep  # joined once, not per name
-        lost = 0  # siblings' wins in a row
         claims: list[Claim] = priority.take(self, limit, tag)  # one failed open() if none
-        while len(claims) < limit:
+        if len(claims) < limit:
+            self._take(limit - len(claims), self._claimer(tag, claims))
+        return claims
+
+    def _claimer(self, tag: str, claims: list[Claim]) -> Callable[[str, bool], None]:
+        inc, pend = self.incoming + os.sep, self.pending + os.sep  # joined once, not per name
+
+        def claim_one(name: str, regular: bool) -> None:
+            dst = pend + name + tag
+            os.rename(inc + name, dst)
+            claims.append(Claim(name, dst, regular))
+
+        return claim_one
+
+    def pass_on(self, limit: int, to: Queue, valid: Callable[[bytes], bool]) -> Passed:
+        """Move up to `limit` messages that `valid` accepts unchanged into `to`'s incoming/,
+        one rename(2) each, without claiming them into pending/ first.
+
+        For a hop that forwards what it reads as it is (`pipers pass`). A message in
+        incoming/ is complete and never changes, so it can be read where it is; the
+        rename into the next queue is then the claim: of siblings reading the same
+        message, one rename wins and the others get ENOENT and drop their copy. Nothing
+        is ever held in pending/, so a crash leaves every message in one queue or the
+        other. Only for queues on one filesystem, both with `--durability none`.
+
+        Messages taken from priority/, and any that `valid` refuses or that cannot be
+        read as they are (not a regular file, too large, a symlink, not readable), are
+        claimed as by `claim()` and returned as claims for the ordinary path, which
+        fails them with a reason. A full disk (rename(2) may need a directory block)
+        ends the round: it is returned in `full`, the message stays in incoming/.
+        """
+        if self.fsync or to.fsync or to.dev != self.dev:
+            raise ValueError("pass_on needs both queues on one filesystem without fsync")
+        tag = OWNER_SEP + me().tag
+        done = Passed(claims=priority.take(self, limit, tag))
+        if done.claims:
+            return done  # urgent ones first, by the ordinary path
+        inc, out = self.incoming + os.sep, to.incoming + os.sep
+        claim_one = self._claimer(tag, done.claims)
+
+        def pass_one(name: str, regular: bool) -> None:
+            src = inc + name
+            try:
+                data = self._read_path(src, regular)
+                good = valid(data)
+            except FileNotFoundError:
+                raise  # a sibling took it
+            except (BadMessage, OSError):
+                good = False
+            if not good:
+                claim_one(name, regular)
+                return
+            base = names.split_attempts(name)[0]
+            try:
+                os.rename(src, out + base)
+            except FileNotFoundError:
+                if os.path.lexists(src):  # not a sibling's win: the next queue is gone
+                    raise NotADirectoryError(errno.ENOENT, "no such queue", to.incoming) from None
+                raise
+            done.moved.append(base)
+            done.size += len(data)
+
+        try:
+            self._take(limit, pass_one)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            done.full = e
+        return done
+
+    def _take(self, limit: int, take_one: Callable[[str, bool], None]) -> None:
+        """Call `take_one(name, regular)` on listed names of incoming/ until `limit` took.
+
+        `take_one` raises FileNotFoundError when a sibling took the message first.
+        """
+        refilled = relisted = False
+        lost = 0  # siblings' wins in a row
+        took = 0
+        while took < limit:
             if not self._candidates:
                 if refilled:
                     break
@@ -202,9 +287,8 @@ class Queue:
                 if self._rename_fresh(name):
                     refilled = False  # list again to find it under its new name
                 continue
-            dst = pend + name + tag
             try:
-                os.rename(inc + name, dst)
+                take_one(name, regular)
             except FileNotFoundError:  # a sibling won: it works on this part of the listing
                 if not lost:  # go on half-way along ours, so the two seldom meet again
                     self._candidates.rotate(-(len(self._candidates) // 2))
@@ -220,8 +304,7 @@ class Queue:
                     refilled = False
                 continue
             lost = 0
-            claims.append(Claim(name, dst, regular))
-        return claims
+            took += 1
 
     def _rename_fresh(self, name: str) -> bool:
         """A name too long to carry an owner tag, or looking like a sidecar, gets a fresh
@@ -236,10 +319,13 @@ class Queue:
 
     def read(self, claim: Claim) -> bytes:
         """The message bytes; never follows a symlink nor blocks on a FIFO."""
-        if not claim.regular:
-            raise BadMessage(Reason.NOT_REGULAR, f"not a regular file ({_kind(claim.path)})")
+        return self._read_path(claim.path, claim.regular)
+
+    def _read_path(self, path: str, regular: bool) -> bytes:
+        if not regular:
+            raise BadMessage(Reason.NOT_REGULAR, f"not a regular file ({_kind(path)})")
         try:
-            fd = os.open(claim.path, _OPEN_FLAGS)
+            fd = os.open(path, _OPEN_FLAGS)
         except OSError as e:
             if e.errno == errno.ELOOP:
                 raise BadMessage(Reason.NOT_REGULAR, "symbolic link (never followed)") from None
@@ -247,7 +333,7 @@ class Queue:
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                raise BadMessage(Reason.NOT_REGULAR, f"not a regular file ({_kind(claim.path)})")
+                raise BadMessage(Reason.NOT_REGULAR, f"not a regular file ({_kind(path)})")
             if st.st_size > self.max_message_bytes:
                 raise BadMessage(
                     Reason.TOO_LARGE,

@@ -64,6 +64,56 @@ def test_four_instances_process_20000_messages_exactly_once(tmp_path, daemons):
     assert files(qin.pending) == [] and files(qin.incoming) == []
 
 
+def test_four_pass_instances_forward_each_message_once_while_it_is_consumed(tmp_path, daemons):
+    """`pass` moves without claiming (Queue.pass_on): a message forwarded twice would be
+    seen twice by the consumer downstream, which takes them as they arrive."""
+    qin, qmid, qout = Queue(tmp_path / "in"), Queue(tmp_path / "mid"), Queue(tmp_path / "out")
+    fill(qin, 20_000)
+    log = tmp_path / "handled.log"
+    hops = [daemons.start("pass", "--queue-in-dir", qin.path, "--queue-out-dir", qmid.path,
+                          "--queue-out-limit", "0", "--batch-size", "20",
+                          "--metrics-textfile", str(tmp_path / f"pass{i}.prom"))
+            for i in range(4)]
+    sink = daemons.start("run", "--queue-in-dir", qmid.path, "--queue-out-dir", qout.path,
+                         "--function", "tests.userfuncs:tag", "--queue-out-limit", "0",
+                         env={"PIPERS_TEST_LOG": str(log)})
+    wait_for(lambda: len(files(qout.incoming)) == 20_000, timeout=300, interval=0.2,
+             what="20,000 outputs")
+    for p in hops + [sink]:
+        p.send_signal(signal.SIGTERM)
+    assert [p.wait(30) for p in hops + [sink]] == [0] * 5
+    handled = [line.split()[0] for line in log.read_text().splitlines()]
+    assert len(handled) == 20_000 and len(set(handled)) == 20_000
+    forwarded = []
+    for i in range(4):
+        text = (tmp_path / f"pass{i}.prom").read_text()
+        forwarded += [float(line.split()[-1]) for line in text.splitlines()
+                      if line.startswith("pipers_forwarded_messages_total")]
+    assert sum(forwarded) == 20_000, "an instance counted a message a sibling had moved"
+    assert sum(1 for f in forwarded if f > 0) >= 2, "the instances did not share the work"
+    assert files(qin.pending) == [] and files(qin.incoming) == [] and files(qmid.pending) == []
+
+
+def test_kill_9_of_pass_leaves_each_message_in_one_queue_and_nothing_pending(tmp_path, daemons):
+    qin, qout = Queue(tmp_path / "in"), Queue(tmp_path / "out")
+    made = fill(qin, 20_000)
+    args = ("pass", "--queue-in-dir", qin.path, "--queue-out-dir", qout.path,
+            "--queue-out-limit", "0", "--batch-size", "50")
+    kills = 0
+    while len(files(qout.incoming)) < 15_000:
+        p = daemons.start(*args)
+        seen = len(files(qout.incoming))
+        wait_for(lambda seen=seen: len(files(qout.incoming)) >= seen + 1000, what="progress")
+        p.send_signal(signal.SIGKILL)
+        p.wait(10)
+        kills += 1
+        assert files(qin.pending) == []  # pass holds nothing: no claim to recover
+        assert sorted(files(qin.incoming) + files(qout.incoming)) == sorted(made)
+    assert kills >= 3, "the hop finished too fast to be killed mid-run"
+    assert daemons.run(*args, "--once").returncode == 0
+    assert sorted(files(qout.incoming)) == sorted(made) and files(qin.incoming) == []
+
+
 def test_exception_in_user_code_goes_to_errors_and_replay_delivers_it(tmp_path, daemons):
     qin, qout = Queue(tmp_path / "in"), Queue(tmp_path / "out")
     good = fill(qin, 20)

@@ -86,6 +86,50 @@ def test_a_message_taken_by_a_sibling_is_skipped(tmp_path):
     assert q1.claim(10) == []
 
 
+def _valid(data: bytes) -> bool:
+    try:
+        orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+def test_pass_on_moves_valid_messages_with_one_rename_and_claims_the_rest(tmp_path):
+    q, out = Queue(tmp_path / "q"), Queue(tmp_path / "out")
+    good = q.put_many([b'{"i": 1}', b'{"i": 2}', b"[3]"])
+    bad = q.put(b"{not json")
+    os.symlink("/etc/passwd", os.path.join(q.incoming, "link"))
+    inodes = {n: os.stat(os.path.join(q.incoming, n)).st_ino for n in good}
+    done = q.pass_on(10, out, _valid)
+    assert sorted(done.moved) == sorted(good) and done.full is None
+    assert done.size == len(b'{"i": 1}') + len(b'{"i": 2}') + len(b"[3]")
+    for n in good:  # the file itself, moved: same inode, nothing copied, nothing left behind
+        assert os.stat(os.path.join(out.incoming, n)).st_ino == inodes[n]
+    assert sorted(c.name for c in done.claims) == sorted([bad, "link"])
+    assert sorted(names.split_owner(n)[0] for n in files(q.pending)) == sorted([bad, "link"])
+    assert files(q.incoming) == [] and files(out.pending) == []
+    by_name = {c.name: c for c in done.claims}  # the ordinary path then fails them
+    with pytest.raises(BadMessage):
+        q.read(by_name["link"])
+    assert q.read(by_name[bad]) == b"{not json"
+
+
+def test_pass_on_drops_the_attempt_count_and_leaves_a_siblings_win_alone(tmp_path):
+    q1, q2, out = Queue(tmp_path / "q"), Queue(tmp_path / "q"), Queue(tmp_path / "out")
+    name = q1.put(b"{}", names.with_attempts("abc", 2))
+    q1._candidates.extend(q1.scan())  # q1 lists...
+    assert q2.pass_on(10, out, _valid).moved == ["abc"]  # ...but q2 moves it first
+    done = q1.pass_on(10, out, _valid)
+    assert done.moved == [] and done.claims == [] and name != "abc"
+    assert files(out.incoming) == ["abc"] and files(q1.pending) == []
+
+
+def test_pass_on_refuses_queues_it_cannot_serve_with_one_rename(tmp_path):
+    q = Queue(tmp_path / "q")
+    with pytest.raises(ValueError):
+        q.pass_on(1, Queue(tmp_path / "out", durability="fsync"), _valid)
+
+
 def test_fail_writes_a_sidecar_and_replay_brings_the_message_back(tmp_path):
     q = Queue(tmp_path / "q")
     name = q.put(b'{"x": 1}')

@@ -11,6 +11,7 @@ from ..runner import start
 
 class Passthrough(Piper):
     name = "pass"
+    forwards_unchanged = True  # so the base moves messages with one rename (Queue.pass_on)
 
     def process(self, message):
         return UNCHANGED
