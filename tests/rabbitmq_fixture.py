@@ -31,6 +31,7 @@ import fcntl
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -63,15 +64,31 @@ class BrokerError(RuntimeError):
     pass
 
 
+PORT_RANGE = (12000, 20000)  # below the kernel's ephemeral ports (32768-60999 here)
+
+
 def free_ports(n: int) -> list[int]:
-    """n distinct free loopback ports (held open together while choosing)."""
-    socks = []
+    """n distinct free loopback ports (held open together while choosing).
+
+    Chosen below the ephemeral range, never by bind(0): while the broker is stopped
+    (a restart), a port from that range can be taken as the source port of any
+    outgoing connection - even a client's own reconnect to it, which then connects
+    to itself - and the broker coming back fails with eaddrinuse. The search node's
+    ports are chosen the same way (search/node.py, 20000-31000).
+    """
+    socks: list[socket.socket] = []
     try:
-        for _ in range(n):
+        for port in random.sample(range(*PORT_RANGE), 200):
             s = socket.socket()
-            s.bind(("127.0.0.1", 0))
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                s.close()
+                continue
             socks.append(s)
-        return [s.getsockname()[1] for s in socks]
+            if len(socks) == n:
+                return [s.getsockname()[1] for s in socks]
+        raise BrokerError(f"no {n} free loopback ports in {PORT_RANGE[0]}-{PORT_RANGE[1]}")
     finally:
         for s in socks:
             s.close()
