@@ -86,18 +86,14 @@ def test_a_message_taken_by_a_sibling_is_skipped(tmp_path):
     assert q1.claim(10) == []
 
 
-def _valid(data: bytes) -> bool:
-    try:
-        orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return False
-    return True
+def _valid(data: bytes) -> bool:  # the daemon parses the JSON; a simpler test does here
+    return data[:1] in (b"{", b"[")
 
 
 def test_pass_on_moves_valid_messages_with_one_rename_and_claims_the_rest(tmp_path):
     q, out = Queue(tmp_path / "q"), Queue(tmp_path / "out")
     good = q.put_many([b'{"i": 1}', b'{"i": 2}', b"[3]"])
-    bad = q.put(b"{not json")
+    bad = q.put(b"not json")
     os.symlink("/etc/passwd", os.path.join(q.incoming, "link"))
     inodes = {n: os.stat(os.path.join(q.incoming, n)).st_ino for n in good}
     done = q.pass_on(10, out, _valid)
@@ -111,7 +107,7 @@ def test_pass_on_moves_valid_messages_with_one_rename_and_claims_the_rest(tmp_pa
     by_name = {c.name: c for c in done.claims}  # the ordinary path then fails them
     with pytest.raises(BadMessage):
         q.read(by_name["link"])
-    assert q.read(by_name[bad]) == b"{not json"
+    assert q.read(by_name[bad]) == b"not json"
 
 
 def test_pass_on_drops_the_attempt_count_and_leaves_a_siblings_win_alone(tmp_path):
