@@ -20,6 +20,7 @@ import orjson
 from . import names, priority
 from .owner import Owner, host_name, me
 from .states import (
+    ATTEMPTS_SEP,
     DIRS,
     INCOMING,
     OWNER_SEP,
@@ -35,6 +36,7 @@ LOST_BEFORE_RELISTING = 16  # claims lost to siblings in a row before listing in
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 STALE_TMP_SECONDS = 36 * 3600  # Maildir's rule for abandoned files in tmp/
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # link(2) cannot: the name exists (rename replaces it), hard links refused (protected_hardlinks,
 # a file of another user) or unsupported, too many links, another filesystem
 _NO_LINK = {errno.EEXIST, errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK, errno.EXDEV}
@@ -233,13 +235,21 @@ class Queue:
         done = Passed(claims=priority.take(self, limit, tag))
         if done.claims:
             return done  # urgent ones first, by the ordinary path
-        inc, out = self.incoming + os.sep, to.incoming + os.sep
         claim_one = self._claimer(tag, done.claims)
+        rename, read, moved = os.rename, self._read_path, done.moved
+        split = names.split_attempts
+        # names relative to the two directories, opened for this round only (shorter path
+        # walks; a queue moved away meanwhile is found again by the next round)
+        src_fd = os.open(self.incoming, _DIR_FLAGS)
+        try:
+            dst_fd = os.open(to.incoming, _DIR_FLAGS)
+        except BaseException:
+            os.close(src_fd)
+            raise
 
         def pass_one(name: str, regular: bool) -> None:
-            src = inc + name
             try:
-                data = self._read_path(src, regular)
+                data = read(name, regular, src_fd)
                 good = valid(data)
             except FileNotFoundError:
                 raise  # a sibling took it
@@ -248,14 +258,9 @@ class Queue:
             if not good:
                 claim_one(name, regular)
                 return
-            base = names.split_attempts(name)[0]
-            try:
-                os.rename(src, out + base)
-            except FileNotFoundError:
-                if os.path.lexists(src):  # not a sibling's win: the next queue is gone
-                    raise NotADirectoryError(errno.ENOENT, "no such queue", to.incoming) from None
-                raise
-            done.moved.append(base)
+            base = split(name)[0] if ATTEMPTS_SEP in name else name
+            rename(name, base, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+            moved.append(base)
             done.size += len(data)
 
         try:
@@ -264,6 +269,9 @@ class Queue:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
             done.full = e
+        finally:
+            os.close(src_fd)
+            os.close(dst_fd)
         return done
 
     def _take(self, limit: int, take_one: Callable[[str, bool], None]) -> None:
@@ -321,11 +329,11 @@ class Queue:
         """The message bytes; never follows a symlink nor blocks on a FIFO."""
         return self._read_path(claim.path, claim.regular)
 
-    def _read_path(self, path: str, regular: bool) -> bytes:
+    def _read_path(self, path: str, regular: bool, dir_fd: int | None = None) -> bytes:
         if not regular:
-            raise BadMessage(Reason.NOT_REGULAR, f"not a regular file ({_kind(path)})")
+            raise BadMessage(Reason.NOT_REGULAR, f"not a regular file ({_kind(path, dir_fd)})")
         try:
-            fd = os.open(path, _OPEN_FLAGS)
+            fd = os.open(path, _OPEN_FLAGS, dir_fd=dir_fd)
         except OSError as e:
             if e.errno == errno.ELOOP:
                 raise BadMessage(Reason.NOT_REGULAR, "symbolic link (never followed)") from None
@@ -333,7 +341,7 @@ class Queue:
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                raise BadMessage(Reason.NOT_REGULAR, f"not a regular file ({_kind(path)})")
+                raise BadMessage(Reason.NOT_REGULAR, f"not a regular file ({_kind(path, dir_fd)})")
             if st.st_size > self.max_message_bytes:
                 raise BadMessage(
                     Reason.TOO_LARGE,
@@ -706,9 +714,9 @@ def _unlink_quietly(path: str) -> None:
         pass
 
 
-def _kind(path: str) -> str:
+def _kind(path: str, dir_fd: int | None = None) -> str:
     try:
-        mode = os.lstat(path).st_mode
+        mode = os.lstat(path, dir_fd=dir_fd).st_mode
     except FileNotFoundError:
         return "vanished"
     for test, kind in (
