@@ -36,7 +36,7 @@ LOST_BEFORE_RELISTING = 16  # claims lost to siblings in a row before listing in
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 STALE_TMP_SECONDS = 36 * 3600  # Maildir's rule for abandoned files in tmp/
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC  # as a path walk would (pass_on)
 # link(2) cannot: the name exists (rename replaces it), hard links refused (protected_hardlinks,
 # a file of another user) or unsupported, too many links, another filesystem
 _NO_LINK = {errno.EEXIST, errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK, errno.EXDEV}
