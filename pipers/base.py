@@ -272,12 +272,10 @@ class Piper(Daemon):
         if not options.queue_in_dir:
             raise ValueError("--queue-in-dir is required")
         self.queue_in = options.queue(options.queue_in_dir)
-        out = self.queue_out
-        # one rename per message, no claim (Queue.pass_on): same filesystem, no fsync,
-        # and no lineage to add
+        # one rename per message, no claim (Queue.pass_on); not with lineage to add
         self._pass_on = (
-            self.forwards_unchanged and not options.trace and out is not None
-            and out.dev == self.queue_in.dev and not out.fsync and not self.queue_in.fsync
+            self.forwards_unchanged and not options.trace and self.queue_out is not None
+            and self.queue_in.can_pass_to(self.queue_out)
         )
         self.journal = Journal(
             options.journal_dir, file_mode=self.queue_in.file_mode,

@@ -42,6 +42,8 @@ def name_time(name: str) -> float | None:
 
 def split_attempts(name: str) -> tuple[str, int]:
     """``ID,3`` -> (``ID``, 3); a name without a count is on its first try."""
+    if ATTEMPTS_SEP not in name:  # most names: no partition (a hop calls this per message)
+        return name, 0
     base, sep, count = name.rpartition(ATTEMPTS_SEP)
     if sep and count.isdigit():
         return base, int(count)

@@ -20,7 +20,6 @@ import orjson
 from . import names, priority
 from .owner import Owner, host_name, me
 from .states import (
-    ATTEMPTS_SEP,
     DIRS,
     INCOMING,
     OWNER_SEP,
@@ -212,6 +211,10 @@ class Queue:
 
         return claim_one
 
+    def can_pass_to(self, to: Queue) -> bool:
+        """Whether `pass_on` may move messages into `to`: one filesystem, no fsync."""
+        return not self.fsync and not to.fsync and to.dev == self.dev
+
     def pass_on(self, limit: int, to: Queue, valid: Callable[[bytes], bool]) -> Passed:
         """Move up to `limit` messages that `valid` accepts unchanged into `to`'s incoming/,
         one rename(2) each, without claiming them into pending/ first.
@@ -229,7 +232,7 @@ class Queue:
         fails them with a reason. A full disk (rename(2) may need a directory block)
         ends the round: it is returned in `full`, the message stays in incoming/.
         """
-        if self.fsync or to.fsync or to.dev != self.dev:
+        if not self.can_pass_to(to):
             raise ValueError("pass_on needs both queues on one filesystem without fsync")
         tag = OWNER_SEP + me().tag
         done = Passed(claims=priority.take(self, limit, tag))
@@ -258,7 +261,7 @@ class Queue:
             if not good:
                 claim_one(name, regular)
                 return
-            base = split(name)[0] if ATTEMPTS_SEP in name else name
+            base = split(name)[0]
             rename(name, base, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
             moved.append(base)
             done.size += len(data)
