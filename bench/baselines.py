@@ -5,7 +5,10 @@
   ``fsync`` per message;
 * python-dirq ``QueueSimple`` and persist-queue's file ``Queue`` and
   ``SQLiteAckQueue``: put, a hop (get + put into a second queue + remove/ack),
-  and get + remove/ack, each with the library's defaults.
+  and get + remove/ack, each with the library's defaults;
+* the system calls of a ``pass`` hop alone (open, fstat, read, close, rename into
+  the next ``incoming/``), in one process and in two over halves of the same
+  messages: what the kernel allows two instances on one filesystem.
 
 ``python -m bench.baselines --work-dir DIR`` prints them once.
 """
@@ -53,6 +56,57 @@ def bare_hop(work: str, n: int, fsync: bool = False, info: dict | None = None) -
         elapsed = time.perf_counter() - t0
         if info is not None:
             info["cpu_us_per_msg"] = (time.process_time() - c0) / n * 1e6
+        assert len(os.listdir(out)) == n
+        return n / elapsed
+    finally:
+        remove(src)
+        remove(dst)
+
+
+def _pass_calls(src: str, dst: str, names: list[str], cpu) -> None:
+    sfd = os.open(src, _RD | os.O_DIRECTORY)
+    dfd = os.open(dst, _RD | os.O_DIRECTORY)
+    c0 = time.process_time()
+    for name in names:
+        fd = os.open(name, _RD | os.O_NOFOLLOW, dir_fd=sfd)
+        os.fstat(fd)
+        os.read(fd, 1 << 20)
+        os.close(fd)
+        os.rename(name, name, src_dir_fd=sfd, dst_dir_fd=dfd)
+    cpu.value = time.process_time() - c0
+
+
+def pass_calls(work: str, n: int, processes: int = 1, info: dict | None = None) -> float:
+    """Messages per second of the calls `pipers pass` makes per message and nothing else,
+    in `processes` processes, each over its own share of `n` pre-filled messages.
+
+    No two processes touch one message, so two processes against one shows the
+    kernel's own limit for two instances: every rename(2) between two directories
+    takes the filesystem's rename mutex (lock_rename), whoever's directories they are.
+    `info` gets the CPU time per message in microseconds (all processes).
+    """
+    import multiprocessing
+
+    src, dst = make_queue_dirs(os.path.join(work, "calls-in")), make_queue_dirs(
+        os.path.join(work, "calls-out"))
+    try:
+        inc, out = src + "/incoming", dst + "/incoming"
+        names = sorted(prefill(inc, n))
+        settle()
+        ctx = multiprocessing.get_context("fork")
+        cpus = [ctx.Value("d", 0.0) for _ in range(processes)]
+        procs = [ctx.Process(target=_pass_calls, args=(inc, out, names[i::processes], cpus[i]))
+                 for i in range(processes)]
+        t0 = time.perf_counter()
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        elapsed = time.perf_counter() - t0
+        if any(p.exitcode for p in procs):
+            raise RuntimeError("a pass_calls process failed")
+        if info is not None:
+            info["cpu_us_per_msg"] = sum(c.value for c in cpus) / n * 1e6
         assert len(os.listdir(out)) == n
         return n / elapsed
     finally:
@@ -159,6 +213,8 @@ def main() -> None:
     os.makedirs(args.work_dir, exist_ok=True)
     print(f"bare hop, no fsync:  {bare_hop(args.work_dir, args.n):10.0f} msg/s")
     print(f"bare hop, fsync:     {bare_hop(args.work_dir, 1000, fsync=True):10.0f} msg/s")
+    for k in (1, 2):
+        print(f"pass calls, {k} proc:  {pass_calls(args.work_dir, args.n, k):10.0f} msg/s")
     for name, f, n in (("dirq", dirq, args.n // 2), ("persist-queue file", persist_file, 1000),
                        ("persist-queue sqlite-ack", persist_sqlite, 1000)):
         r = f(args.work_dir, n)

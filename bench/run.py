@@ -73,7 +73,7 @@ def throughput(w: str, cfg: dict, logf: str, where: str = "",
     s: dict[str, list[float]] = {k: [] for k in (
         "bare", "pass", "two", "bare_fsync", "pass_fsync", "dirq", "dirq_put", "dirq_get",
         "pq_file", "pq_sqlite", "cpu_bare", "cpu_pass", "cpu_two", "cpu_bare_fsync",
-        "cpu_pass_fsync", "cpu_dirq")}
+        "cpu_pass_fsync", "cpu_dirq", "calls1", "calls2", "cpu_calls1", "cpu_calls2")}
 
     def timed(key, fn, *a, **kw):
         info: dict = {}
@@ -88,6 +88,8 @@ def throughput(w: str, cfg: dict, logf: str, where: str = "",
         timed("pass", hop.pass_hop, w, cfg["n"], log=logf)
         if two:
             timed("two", hop.pass_hop, w, cfg["n"], instances=2, log=logf)
+            timed("calls1", baselines.pass_calls, w, cfg["n"], 1)
+            timed("calls2", baselines.pass_calls, w, cfg["n"], 2)
         timed("bare_fsync", baselines.bare_hop, w, cfg["n_bare_fsync"], fsync=True)
         timed("pass_fsync", hop.pass_hop, w, cfg["n_fsync"], "fsync", log=logf)
         d = baselines.dirq(w, cfg["n_dirq"])
@@ -124,6 +126,14 @@ def throughput(w: str, cfg: dict, logf: str, where: str = "",
             "two pass instances on one queue", s["two"], "one instance", s["pass"], 1.6,
             note=f"CPU per message: two {cpu['two']:.0f} us, one {cpu['pass']:.0f} us "
             f"(equal = no cost from sharing; the rest is free cores)"))
+        calls = ratio_figure(
+            "the system calls of a pass hop alone, two processes", s["calls2"],
+            "one process", s["calls1"], 1.6,
+            note=f"CPU per message: two {cpu['calls2']:.0f} us, one {cpu['calls1']:.0f} us; "
+            "the kernel's own limit for two instances (cross-directory rename(2) takes the "
+            "filesystem's rename mutex): for reference, no target")
+        calls.target, calls.ok = "reference", None
+        figs.append(calls)
     for f in figs:
         f.name += where
     return figs, s
