@@ -43,7 +43,7 @@ def bare_hop(work: str, n: int, fsync: bool = False, info: dict | None = None) -
             p = pend + name
             os.rename(inc + name, p)
             fd = os.open(p, _RD)
-            data = os.read(fd, 1 << 20)
+            data = os.read(fd, os.fstat(fd).st_size)  # as pass reads (not a 1 MB buffer)
             os.close(fd)
             t = tmp + name
             fd = os.open(t, _WR, 0o600)
@@ -69,8 +69,7 @@ def _pass_calls(src: str, dst: str, names: list[str], cpu) -> None:
     c0 = time.process_time()
     for name in names:
         fd = os.open(name, _RD | os.O_NOFOLLOW, dir_fd=sfd)
-        os.fstat(fd)
-        os.read(fd, 1 << 20)
+        os.read(fd, os.fstat(fd).st_size)
         os.close(fd)
         os.rename(name, name, src_dir_fd=sfd, dst_dir_fd=dfd)
     cpu.value = time.process_time() - c0
