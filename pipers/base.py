@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from queues import BadMessage, Batch, Claim, Queue, Reason
+from queues import CLAIM, DROP, BadMessage, Batch, Claim, Queue, Reason
 from queues.journal import Journal
 from queues.names import child_name
 
@@ -31,14 +31,6 @@ from .waker import Waker
 
 UNCHANGED = object()  # process() result: forward the input bytes as they are
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
-
-
-def _valid_json(data: bytes) -> bool:
-    try:
-        orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return False
-    return True
 
 
 class Output(NamedTuple):
@@ -265,14 +257,16 @@ class Piper(Daemon):
     """A daemon with an input queue: claim, process, forward, finish."""
 
     name = "piper"
-    forwards_unchanged = False  # process() returns UNCHANGED for every valid message
+    # process() only ever decides where a message goes as it is: it returns UNCHANGED,
+    # Output(queue, UNCHANGED) or None, and has no side effects (see `_route`)
+    forwards_unchanged = False
 
     def __init__(self, options: Options, clock: Callable[[], float] = time.time):
         super().__init__(options, clock)
         if not options.queue_in_dir:
             raise ValueError("--queue-in-dir is required")
         self.queue_in = options.queue(options.queue_in_dir)
-        # one rename per message, no claim (Queue.pass_on); not with lineage to add
+        # one rename (or unlink) per message, no claim (Queue.pass_on); not with lineage to add
         self._pass_on = (
             self.forwards_unchanged and not options.trace and self.queue_out is not None
             and self.queue_in.can_pass_to(self.queue_out)
@@ -352,21 +346,41 @@ class Piper(Daemon):
         return wait
 
     def _take(self, limit: int) -> tuple[int, list[Claim]]:
-        """Claims for `handle`, after moving what `pass_on` can (returns how many it moved)."""
+        """Claims for `handle`, after moving or dropping what `pass_on` can (returns how
+        many it moved or dropped)."""
         if not self._pass_on:
             return 0, self.queue_in.claim(limit)
-        done = self.queue_in.pass_on(limit, self.queue_out, _valid_json)
-        n = len(done.moved)
-        if n:
-            self.gate.added(n)
-            self.metrics.add(received=n, forwarded=n, bytes=done.size)
-            self.metrics.finished(done.moved, self.clock())
-            self.processed += n
+        done = self.queue_in.pass_on(limit, self._route)
+        moved, dropped = len(done.moved), len(done.dropped)
+        if moved or dropped:
+            self.gate.added(moved)
+            self.metrics.add(received=moved + dropped, forwarded=moved, dropped=dropped,
+                             bytes=done.size)
+            now = self.clock()
+            self.metrics.finished(done.moved, now)
+            self.metrics.finished(done.dropped, now)
+            self.processed += moved + dropped
         if done.full is not None:
             e = done.full
             self.set_state("waiting", f"cannot write output: {e.strerror} ({e.filename})")
             self._paused_until = self.clock() + self.options.queue_out_wait
-        return n, done.claims
+        return moved + dropped, done.claims
+
+    def _route(self, data: bytes) -> Queue | str:
+        """Where `Queue.pass_on` sends a message as it is: process()'s answer as a route.
+
+        Anything else than forwarding or dropping it unchanged, and a drop when a
+        journal must record it, is CLAIM: the ordinary path (`handle`) runs process()
+        again and does what it says. Invalid JSON raises, which pass_on also claims.
+        """
+        result = self.process(orjson.loads(data))
+        if result is UNCHANGED:
+            return self.queue_out
+        if result is None:
+            return DROP if self.journal is None else CLAIM
+        if isinstance(result, Output) and result.message is UNCHANGED and result.queue is not None:
+            return result.queue
+        return CLAIM
 
     def handle(self, claims: list[Claim]) -> float:
         """Process a batch of claims; returns seconds to wait before the next."""

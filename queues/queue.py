@@ -68,12 +68,17 @@ class Claim:
         return names.split_attempts(self.name)[1]
 
 
+DROP = "drop"  # a `pass_on` route: the message ends here (unlinked where it lies)
+CLAIM = "claim"  # a `pass_on` route: claimed as by `claim()`, for the ordinary path
+
+
 @dataclass
 class Passed:
     """What one `Queue.pass_on` round did."""
 
-    moved: list[str] = field(default_factory=list)  # names now in the next queue
-    size: int = 0  # their bytes
+    moved: list[str] = field(default_factory=list)  # names now in a next queue
+    size: int = 0  # bytes read of the moved and the dropped ones
+    dropped: list[str] = field(default_factory=list)  # names routed to DROP, now gone
     claims: list[Claim] = field(default_factory=list)  # for the ordinary path
     full: OSError | None = None  # the disk was full: the round ended there
 
@@ -215,54 +220,73 @@ class Queue:
         """Whether `pass_on` may move messages into `to`: one filesystem, no fsync."""
         return not self.fsync and not to.fsync and to.dev == self.dev
 
-    def pass_on(self, limit: int, to: Queue, valid: Callable[[bytes], bool]) -> Passed:
-        """Move up to `limit` messages that `valid` accepts unchanged into `to`'s incoming/,
+    def pass_on(self, limit: int, route: Callable[[bytes], Queue | str]) -> Passed:
+        """Move up to `limit` messages, unchanged, to the queue `route` names for each,
         one rename(2) each, without claiming them into pending/ first.
 
-        For a hop that forwards what it reads as it is (`pipers pass`). A message in
-        incoming/ is complete and never changes, so it can be read where it is; the
-        rename into the next queue is then the claim: of siblings reading the same
-        message, one rename wins and the others get ENOENT and drop their copy. Nothing
-        is ever held in pending/, so a crash leaves every message in one queue or the
-        other. Only for queues on one filesystem, both with `--durability none`.
+        For a hop that forwards what it reads as it is (`pipers pass`, `pipers filter`).
+        A message in incoming/ is complete and never changes, so it can be read where
+        it is; the rename into the next queue is then the claim: of siblings reading
+        the same message, one rename wins and the others get ENOENT and drop their
+        copy. `route(data)` returns the queue (one `can_pass_to` allows), DROP (the
+        message ends here: unlinked, and again only one sibling's unlink succeeds) or
+        CLAIM. Nothing is ever held in pending/, so a crash leaves every message in one
+        queue or the other.
 
-        Messages taken from priority/, and any that `valid` refuses or that cannot be
-        read as they are (not a regular file, too large, a symlink, not readable), are
-        claimed as by `claim()` and returned as claims for the ordinary path, which
-        fails them with a reason. A full disk (rename(2) may need a directory block)
-        ends the round: it is returned in `full`, the message stays in incoming/.
+        Messages taken from priority/, those `route` sends to CLAIM, raises on, or
+        names a queue `can_pass_to` refuses, and any that cannot be read as they are
+        (not a regular file, too large, a symlink, not readable), are claimed as by
+        `claim()` and returned as claims for the ordinary path, which fails them with
+        a reason or writes them as it always does. A full disk (rename(2) may need a
+        directory block) ends the round: it is returned in `full`, the message stays
+        in incoming/.
         """
-        if not self.can_pass_to(to):
-            raise ValueError("pass_on needs both queues on one filesystem without fsync")
         tag = OWNER_SEP + me().tag
         done = Passed(claims=priority.take(self, limit, tag))
         if done.claims:
             return done  # urgent ones first, by the ordinary path
         claim_one = self._claimer(tag, done.claims)
-        rename, read, moved = os.rename, self._read_path, done.moved
+        rename, unlink, read = os.rename, os.unlink, self._read_path
+        moved, dropped = done.moved, done.dropped
         split = names.split_attempts
-        # names relative to the two directories, opened for this round only (shorter path
+        # names relative to the directories, opened for this round only (shorter path
         # walks; a queue moved away meanwhile is found again by the next round)
         src_fd = os.open(self.incoming, _DIR_FLAGS)
-        try:
-            dst_fd = os.open(to.incoming, _DIR_FLAGS)
-        except BaseException:
-            os.close(src_fd)
-            raise
+        dst_fds: dict[str, int | None] = {}  # queue path -> its incoming/ (None: refused)
+
+        def dst_fd(to: Queue) -> int | None:
+            if to.path not in dst_fds:
+                fd = None
+                if self.can_pass_to(to):
+                    try:
+                        fd = os.open(to.incoming, _DIR_FLAGS)
+                    except OSError:  # gone or unreadable: the ordinary path says so
+                        pass
+                dst_fds[to.path] = fd
+            return dst_fds[to.path]
 
         def pass_one(name: str, regular: bool) -> None:
             try:
                 data = read(name, regular, src_fd)
-                good = valid(data)
             except FileNotFoundError:
                 raise  # a sibling took it
-            except (BadMessage, OSError):
-                good = False
-            if not good:
+            except (BadMessage, OSError):  # not readable as it is
+                data = None
+            try:
+                to = CLAIM if data is None else route(data)
+            except Exception:  # not for this path (invalid JSON, the piper's own error)
+                to = CLAIM
+            if to is DROP:
+                unlink(name, dir_fd=src_fd)
+                dropped.append(name)
+                done.size += len(data)
+                return
+            fd = None if to is CLAIM else dst_fd(to)
+            if fd is None:
                 claim_one(name, regular)
                 return
             base = split(name)[0]
-            rename(name, base, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+            rename(name, base, src_dir_fd=src_fd, dst_dir_fd=fd)
             moved.append(base)
             done.size += len(data)
 
@@ -274,7 +298,9 @@ class Queue:
             done.full = e
         finally:
             os.close(src_fd)
-            os.close(dst_fd)
+            for fd in dst_fds.values():
+                if fd is not None:
+                    os.close(fd)
         return done
 
     def _take(self, limit: int, take_one: Callable[[str, bool], None]) -> None:

@@ -266,6 +266,86 @@ def test_filter_drops_or_routes(tmp_path, daemons):
     assert files(other.incoming) == ["2", "3"]
 
 
+def _counter(textfile, name: str) -> float:
+    return sum(float(line.split()[-1]) for line in textfile.read_text().splitlines()
+               if line.startswith(name))
+
+
+def test_filter_instances_keep_route_and_drop_each_message_once_without_claiming(
+        tmp_path, daemons):
+    """`filter` moves (keep, route) or unlinks (drop) where a message lies (Queue.pass_on):
+    two instances on each of two filters in a row, the second consuming what the first
+    routes while it routes; each message ends in exactly one place, counted once."""
+    qin, rest, errors_out, info_out = (Queue(tmp_path / n) for n in ("in", "rest", "e", "i"))
+    levels = ("error", "info", "debug")
+    made = {name: levels[i % 3] for i, name in enumerate(
+        qin.put_many([orjson.dumps({"i": i, "level": levels[i % 3]}) for i in range(6000)]))}
+    bad = qin.put(b'{"level": "error", ')  # not JSON: errors/ with its reason, as ever
+    inode = {n: os.stat(os.path.join(qin.incoming, n)).st_ino for n in list(made)[:30]}
+    common = ("--queue-out-limit", "0", "--batch-size", "20")
+    procs = [daemons.start("filter", "--queue-in-dir", qin.path, "--queue-out-dir",
+                           errors_out.path, "--where", "level=error", "--route-to", rest.path,
+                           "--metrics-textfile", str(tmp_path / f"f1-{k}.prom"), *common)
+             for k in range(2)]
+    procs += [daemons.start("filter", "--queue-in-dir", rest.path, "--queue-out-dir",
+                            info_out.path, "--where", "level=info",
+                            "--metrics-textfile", str(tmp_path / f"f2-{k}.prom"), *common)
+              for k in range(2)]
+    wait_for(lambda: len(files(errors_out.incoming)) == 2000
+             and len(files(info_out.incoming)) == 2000 and not files(rest.incoming)
+             and files(qin.errors), timeout=120, interval=0.2, what="all 6,001 settled")
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    assert [p.wait(30) for p in procs] == [0] * 4
+    assert files(errors_out.incoming) == sorted(n for n, lv in made.items() if lv == "error")
+    assert files(info_out.incoming) == sorted(n for n, lv in made.items() if lv == "info")
+    for n, ino in inode.items():  # kept or routed: the same file, moved, not copied
+        for q in (errors_out, info_out):
+            if os.path.exists(os.path.join(q.incoming, n)):
+                assert os.stat(os.path.join(q.incoming, n)).st_ino == ino
+    assert files(qin.errors) == [bad]  # and its sidecar beside it:
+    assert orjson.loads(open(os.path.join(qin.errors, bad + ".error.json"), "rb").read())[
+        "reason"] == "invalid-json"
+    for q in (qin, rest):
+        assert files(q.incoming) == files(q.pending) == []
+    f1 = [tmp_path / f"f1-{k}.prom" for k in range(2)]
+    f2 = [tmp_path / f"f2-{k}.prom" for k in range(2)]
+    forwarded = "pipers_forwarded_messages_total"
+    assert sum(_counter(f, forwarded) for f in f1) == 6000  # kept or routed, once each
+    assert sum(_counter(f, forwarded) for f in f2) == 2000
+    assert sum(_counter(f, "pipers_dropped_messages_total") for f in f2) == 2000
+    assert sum(_counter(f, "pipers_failed_messages_total") for f in f1) == 1
+
+
+def test_kill_9_of_filter_leaves_each_message_kept_or_dropped_once_and_nothing_pending(
+        tmp_path, daemons):
+    qin, qout = Queue(tmp_path / "in"), Queue(tmp_path / "out")
+    debug = set()
+    made = []
+    for i, name in enumerate(qin.put_many(
+            [orjson.dumps({"i": i, "level": "debug" if i % 4 == 0 else "info"})
+             for i in range(20_000)])):
+        (debug.add if i % 4 == 0 else made.append)(name)
+    args = ("filter", "--queue-in-dir", qin.path, "--queue-out-dir", qout.path,
+            "--where", "level!=debug", "--queue-out-limit", "0", "--batch-size", "50")
+    kills = 0
+    while len(files(qout.incoming)) < 11_000:
+        p = daemons.start(*args)
+        seen = len(files(qout.incoming))
+        wait_for(lambda seen=seen: len(files(qout.incoming)) >= seen + 750, what="progress")
+        p.send_signal(signal.SIGKILL)
+        p.wait(10)
+        kills += 1
+        assert files(qin.pending) == []  # filter holds nothing: no claim to recover
+        left, out = set(files(qin.incoming)), files(qout.incoming)
+        assert not left & set(out) and not debug & set(out)
+        assert sorted((left - debug) | set(out)) == sorted(made)  # each kept one: in or out
+        assert len(left & debug) < len(debug)  # and some debug ones already dropped
+    assert kills >= 3, "the hop finished too fast to be killed mid-run"
+    assert daemons.run(*args, "--once").returncode == 0
+    assert files(qout.incoming) == sorted(made) and files(qin.incoming) == []
+
+
 def test_enrich_adds_host_time_and_constants(tmp_path, daemons):
     qin, qout = Queue(tmp_path / "in"), Queue(tmp_path / "out")
     qin.put(b'{"a": 1, "env": "keep"}', name="m")

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from queues import BadMessage, Queue, Reason, names
+from queues import CLAIM, DROP, BadMessage, Queue, Reason, names
 from queues.owner import me, start_time
 from tests.helpers import files
 
@@ -86,8 +86,8 @@ def test_a_message_taken_by_a_sibling_is_skipped(tmp_path):
     assert q1.claim(10) == []
 
 
-def _valid(data: bytes) -> bool:  # the daemon parses the JSON; a simpler test does here
-    return data[:1] in (b"{", b"[")
+def _to(out: Queue):  # a route as the daemon's: JSON-ish to `out`, else the ordinary path
+    return lambda data: out if data[:1] in (b"{", b"[") else CLAIM
 
 
 def test_pass_on_moves_valid_messages_with_one_rename_and_claims_the_rest(tmp_path):
@@ -96,8 +96,8 @@ def test_pass_on_moves_valid_messages_with_one_rename_and_claims_the_rest(tmp_pa
     bad = q.put(b"not json")
     os.symlink("/etc/passwd", os.path.join(q.incoming, "link"))
     inodes = {n: os.stat(os.path.join(q.incoming, n)).st_ino for n in good}
-    done = q.pass_on(10, out, _valid)
-    assert sorted(done.moved) == sorted(good) and done.full is None
+    done = q.pass_on(10, _to(out))
+    assert sorted(done.moved) == sorted(good) and done.full is None and done.dropped == []
     assert done.size == len(b'{"i": 1}') + len(b'{"i": 2}') + len(b"[3]")
     for n in good:  # the file itself, moved: same inode, nothing copied, nothing left behind
         assert os.stat(os.path.join(out.incoming, n)).st_ino == inodes[n]
@@ -110,20 +110,45 @@ def test_pass_on_moves_valid_messages_with_one_rename_and_claims_the_rest(tmp_pa
     assert q.read(by_name[bad]) == b"not json"
 
 
+def test_pass_on_routes_each_message_to_its_queue_drops_and_claims_what_raises(tmp_path):
+    q, a, b = Queue(tmp_path / "q"), Queue(tmp_path / "a"), Queue(tmp_path / "b")
+    made = {q.put(f'{{"to": "{to}"}}'.encode()): to for to in ("a", "b", "drop", "a", "boom")}
+    routes = {"a": a, "b": b, "drop": DROP}
+
+    def route(data: bytes):
+        to = orjson.loads(data)["to"]
+        if to == "boom":  # the piper's own error, even this one, is not a sibling's win
+            raise FileNotFoundError("no such rule")
+        return routes[to]
+
+    done = q.pass_on(10, route)
+    assert sorted(done.moved) == sorted(n for n, to in made.items() if to in "ab")
+    assert files(a.incoming) == sorted(n for n, to in made.items() if to == "a")
+    assert files(b.incoming) == sorted(n for n, to in made.items() if to == "b")
+    assert done.dropped == [n for n, to in made.items() if to == "drop"]
+    assert done.size == sum(len(f'{{"to": "{to}"}}') for to in ("a", "b", "drop", "a"))
+    assert [c.name for c in done.claims] == [n for n, to in made.items() if to == "boom"]
+    assert files(q.incoming) == [] and len(files(q.pending)) == 1  # the dropped one is gone
+
+
 def test_pass_on_drops_the_attempt_count_and_leaves_a_siblings_win_alone(tmp_path):
     q1, q2, out = Queue(tmp_path / "q"), Queue(tmp_path / "q"), Queue(tmp_path / "out")
     name = q1.put(b"{}", names.with_attempts("abc", 2))
+    gone = q1.put(b"{}", "gone")
     q1._candidates.extend(q1.scan())  # q1 lists...
-    assert q2.pass_on(10, out, _valid).moved == ["abc"]  # ...but q2 moves it first
-    done = q1.pass_on(10, out, _valid)
-    assert done.moved == [] and done.claims == [] and name != "abc"
-    assert files(out.incoming) == ["abc"] and files(q1.pending) == []
+    route = lambda data: DROP  # noqa: E731
+    assert q2.pass_on(1, _to(out)).moved == ["abc"]  # ...but q2 moves one first
+    assert q2.pass_on(1, route).dropped == [gone]  # ...and drops the other
+    done = q1.pass_on(10, route)
+    assert done.moved == done.dropped == done.claims == [] and name != "abc"
+    assert files(out.incoming) == ["abc"] and files(q1.pending) == files(q1.incoming) == []
 
 
-def test_pass_on_refuses_queues_it_cannot_serve_with_one_rename(tmp_path):
+def test_pass_on_claims_what_would_need_more_than_one_rename(tmp_path):
     q = Queue(tmp_path / "q")
-    with pytest.raises(ValueError):
-        q.pass_on(1, Queue(tmp_path / "out", durability="fsync"), _valid)
+    name = q.put(b"{}")
+    done = q.pass_on(1, _to(Queue(tmp_path / "out", durability="fsync")))
+    assert done.moved == [] and [c.name for c in done.claims] == [name]
 
 
 def test_fail_writes_a_sidecar_and_replay_brings_the_message_back(tmp_path):

@@ -56,6 +56,7 @@ def parse_condition(text: str):
 
 class Filter(Piper):
     name = "filter"
+    forwards_unchanged = True  # keep, route or drop as it is: one rename or unlink each
 
     def __init__(self, options, *, where=(), route_to=None, invert=False):
         super().__init__(options)
