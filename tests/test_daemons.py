@@ -94,22 +94,32 @@ def test_four_pass_instances_forward_each_message_once_while_it_is_consumed(tmp_
     assert files(qin.pending) == [] and files(qin.incoming) == [] and files(qmid.pending) == []
 
 
+def _kill_9_repeatedly(daemons, args, qout: Queue, until: int, step: int, check) -> int:
+    """Start the daemon, let `step` more messages reach `qout`, SIGKILL it, `check()`;
+    again until `qout` holds `until`. Returns how many kills."""
+    kills = 0
+    while len(files(qout.incoming)) < until:
+        p = daemons.start(*args)
+        seen = len(files(qout.incoming))
+        wait_for(lambda seen=seen: len(files(qout.incoming)) >= seen + step, what="progress")
+        p.send_signal(signal.SIGKILL)
+        p.wait(10)
+        kills += 1
+        check()
+    return kills
+
+
 def test_kill_9_of_pass_leaves_each_message_in_one_queue_and_nothing_pending(tmp_path, daemons):
     qin, qout = Queue(tmp_path / "in"), Queue(tmp_path / "out")
     made = fill(qin, 20_000)
     args = ("pass", "--queue-in-dir", qin.path, "--queue-out-dir", qout.path,
             "--queue-out-limit", "0", "--batch-size", "50")
-    kills = 0
-    while len(files(qout.incoming)) < 15_000:
-        p = daemons.start(*args)
-        seen = len(files(qout.incoming))
-        wait_for(lambda seen=seen: len(files(qout.incoming)) >= seen + 1000, what="progress")
-        p.send_signal(signal.SIGKILL)
-        p.wait(10)
-        kills += 1
+    def check():
         assert files(qin.pending) == []  # pass holds nothing: no claim to recover
         assert sorted(files(qin.incoming) + files(qout.incoming)) == sorted(made)
-    assert kills >= 3, "the hop finished too fast to be killed mid-run"
+
+    assert _kill_9_repeatedly(daemons, args, qout, 15_000, 1000, check) >= 3, \
+        "the hop finished too fast to be killed mid-run"
     assert daemons.run(*args, "--once").returncode == 0
     assert sorted(files(qout.incoming)) == sorted(made) and files(qin.incoming) == []
 
@@ -328,20 +338,15 @@ def test_kill_9_of_filter_leaves_each_message_kept_or_dropped_once_and_nothing_p
         (debug.add if i % 4 == 0 else made.append)(name)
     args = ("filter", "--queue-in-dir", qin.path, "--queue-out-dir", qout.path,
             "--where", "level!=debug", "--queue-out-limit", "0", "--batch-size", "50")
-    kills = 0
-    while len(files(qout.incoming)) < 11_000:
-        p = daemons.start(*args)
-        seen = len(files(qout.incoming))
-        wait_for(lambda seen=seen: len(files(qout.incoming)) >= seen + 750, what="progress")
-        p.send_signal(signal.SIGKILL)
-        p.wait(10)
-        kills += 1
+    def check():
         assert files(qin.pending) == []  # filter holds nothing: no claim to recover
         left, out = set(files(qin.incoming)), files(qout.incoming)
         assert not left & set(out) and not debug & set(out)
         assert sorted((left - debug) | set(out)) == sorted(made)  # each kept one: in or out
         assert len(left & debug) < len(debug)  # and some debug ones already dropped
-    assert kills >= 3, "the hop finished too fast to be killed mid-run"
+
+    assert _kill_9_repeatedly(daemons, args, qout, 11_000, 750, check) >= 3, \
+        "the hop finished too fast to be killed mid-run"
     assert daemons.run(*args, "--once").returncode == 0
     assert files(qout.incoming) == sorted(made) and files(qin.incoming) == []
 
