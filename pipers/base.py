@@ -369,7 +369,7 @@ class Piper(Daemon):
     def _route(self, data: bytes) -> Queue | str:
         """Where `Queue.pass_on` sends a message as it is: process()'s answer as a route.
 
-        Anything else than forwarding or dropping it unchanged, and a drop when a
+        Anything but forwarding or dropping it unchanged, and a drop when a
         journal must record it, is CLAIM: the ordinary path (`handle`) runs process()
         again and does what it says. Invalid JSON raises, which pass_on also claims.
         """
