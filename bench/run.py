@@ -50,10 +50,13 @@ class Figure:
 
 
 def ratio_figure(name, values, baseline_name, base_values, minimum, unit="msg/s", note=""):
+    """A value against its baseline; `minimum` None: shown for reference, no verdict."""
     v, b = median(values), median(base_values)
     r = v / b if b else None
-    return Figure(name, v, unit, baseline_name, b, f">= {minimum}x", r,
-                  None if r is None else r >= minimum, note, list(values), list(base_values))
+    target = "reference" if minimum is None else f">= {minimum}x"
+    ok = None if r is None or minimum is None else r >= minimum
+    return Figure(name, v, unit, baseline_name, b, target, r, ok, note, list(values),
+                  list(base_values))
 
 
 def limit_figure(name, value, unit, op, limit, note="", samples=()):
@@ -126,14 +129,12 @@ def throughput(w: str, cfg: dict, logf: str, where: str = "",
             "two pass instances on one queue", s["two"], "one instance", s["pass"], 1.6,
             note=f"CPU per message: two {cpu['two']:.0f} us, one {cpu['pass']:.0f} us "
             f"(equal = no cost from sharing; the rest is free cores)"))
-        calls = ratio_figure(
+        figs.append(ratio_figure(
             "the system calls of a pass hop alone, two processes", s["calls2"],
-            "one process", s["calls1"], 1.6,
+            "one process", s["calls1"], None,
             note=f"CPU per message: two {cpu['calls2']:.0f} us, one {cpu['calls1']:.0f} us; "
             "the kernel's own limit for two instances (cross-directory rename(2) takes the "
-            "filesystem's rename mutex): for reference, no target")
-        calls.target, calls.ok = "reference", None
-        figs.append(calls)
+            "filesystem's rename mutex): for reference, no target"))
     for f in figs:
         f.name += where
     return figs, s

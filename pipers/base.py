@@ -356,9 +356,7 @@ class Piper(Daemon):
             self.gate.added(moved)
             self.metrics.add(received=moved + dropped, forwarded=moved, dropped=dropped,
                              bytes=done.size)
-            now = self.clock()
-            self.metrics.finished(done.moved, now)
-            self.metrics.finished(done.dropped, now)
+            self.metrics.finished(done.moved + done.dropped, self.clock())
             self.processed += moved + dropped
         if done.full is not None:
             e = done.full

@@ -7,10 +7,10 @@ worker through an atomic rename), ``tmp/`` (where writers create files) and
 
 from .names import new_name
 from .owner import Owner
-from .queue import CLAIM, DROP, BadMessage, Batch, Claim, Passed, Queue
+from .queue import CLAIM, DROP, BadMessage, Batch, Claim, Queue
 from .states import Durability, Outcome, Reason
 
 __all__ = [
-    "CLAIM", "DROP", "BadMessage", "Batch", "Claim", "Durability", "Outcome", "Owner", "Passed",
-    "Queue", "Reason", "new_name",
+    "CLAIM", "DROP", "BadMessage", "Batch", "Claim", "Durability", "Outcome", "Owner", "Queue",
+    "Reason", "new_name",
 ]
