@@ -21,6 +21,7 @@ CASES = {
     "fsync": dict(n=12_000, durability="fsync", instances=1),
     "two": dict(n=30_000, durability="none", instances=2),
     "big": dict(n=150_000, durability="none", instances=1),  # a backlog over SCAN_CHUNK
+    "cold": dict(n=150_000, durability="none", instances=1, cold=True),  # and on disk only
     "pipeline": dict(n=30_000, hops=3),  # three hops in a row: arrivals while busy
 }
 

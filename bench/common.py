@@ -175,6 +175,14 @@ def percentile(values: list[float], p: float) -> float:
     return s[k]
 
 
+def drop_page_cache() -> None:
+    """Write everything out, then drop the page cache machine-wide (root only): what a
+    backlog that waited through a long outage, or a machine short of memory, reads from."""
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("1\n")
+
+
 def dirty_mb() -> float:
     """Data waiting to be written back, machine-wide (Dirty + Writeback), in MB."""
     total = 0

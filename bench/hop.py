@@ -17,6 +17,7 @@ from queues import Queue
 from .common import (
     count,
     cpu_seconds,
+    drop_page_cache,
     make_queue_dirs,
     median,
     nonempty,
@@ -46,8 +47,9 @@ def _wait_state(queue: str, pid: int, state: str, after: float, timeout: float,
 
 def pass_hop(work: str, n: int, durability: str = "none", instances: int = 1,
              log: str = "/dev/null", extra: tuple[str, ...] = (),
-             tree: str | None = None, info: dict | None = None) -> float:
-    """Messages per second of `instances` pass daemons draining `n` pre-filled messages.
+             tree: str | None = None, info: dict | None = None, cold: bool = False) -> float:
+    """Messages per second of `instances` pass daemons draining `n` pre-filled messages
+    (`cold`: dropped from the page cache first, as after a long outage).
 
     From the first instance's start of work (state 'running', written before it
     opens its watch and lists the queue) to the last one's 'idle'. `info` gets
@@ -60,6 +62,8 @@ def pass_hop(work: str, n: int, durability: str = "none", instances: int = 1,
     try:
         prefill(os.path.join(qin, "incoming"), n)
         settle()
+        if cold:
+            drop_page_cache()
         t_start = time.time()
         procs = [start_pass(qin, qout, log=log, durability=durability, tree=tree,
                             extra=("--queue-out-limit", str(2 * n + 1000), *extra))

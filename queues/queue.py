@@ -19,6 +19,7 @@ import orjson
 
 from . import names, priority
 from .owner import Owner, host_name, me
+from .readahead import ReadAhead
 from .states import (
     DIRS,
     INCOMING,
@@ -35,6 +36,9 @@ LOST_BEFORE_RELISTING = 16  # claims lost to siblings in a row before listing in
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 STALE_TMP_SECONDS = 36 * 3600  # Maildir's rule for abandoned files in tmp/
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+# reading a message changes nothing on disk (no atime: no inode written back per read);
+# the kernel allows it on one's own files only, so a queue drops it on the first EPERM
+_NOATIME = getattr(os, "O_NOATIME", 0)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC  # as a path walk would (pass_on)
 # link(2) cannot: the name exists (rename replaces it), hard links refused (protected_hardlinks,
 # a file of another user) or unsupported, too many links, another filesystem
@@ -110,6 +114,8 @@ class Queue:
             raise FileNotFoundError(errno.ENOENT, "not a queue directory", self.path)
         self.dev = os.stat(self.incoming).st_dev
         self._candidates: collections.deque[tuple[str, bool]] = collections.deque()
+        self._read_flags = _OPEN_FLAGS | _NOATIME
+        self._readahead = ReadAhead(self.incoming)  # a thread only once a listing is full
 
     def __repr__(self) -> str:
         return f"Queue({self.path!r})"
@@ -315,10 +321,13 @@ class Queue:
             if not self._candidates:
                 if refilled:
                     break
-                self._candidates.extend(self.scan())
+                listing = self.scan()
+                self._candidates.extend(listing)
                 refilled = True
-                if not self._candidates:
+                if not listing:
                     break
+                if len(listing) >= SCAN_CHUNK:  # a big backlog: maybe on disk only
+                    self._readahead.follow(listing, self._candidates)
             name, regular = self._candidates.popleft()
             if name.endswith(SIDECAR_SUFFIX):  # would pass for a sidecar in counts and errors/
                 if self._rename_fresh(name):
@@ -362,8 +371,11 @@ class Queue:
         if not regular:
             raise BadMessage(Reason.NOT_REGULAR, f"not a regular file ({_kind(path, dir_fd)})")
         try:
-            fd = os.open(path, _OPEN_FLAGS, dir_fd=dir_fd)
+            fd = os.open(path, self._read_flags, dir_fd=dir_fd)
         except OSError as e:
+            if e.errno == errno.EPERM and self._read_flags & _NOATIME:
+                self._read_flags &= ~_NOATIME  # another user's message: atime is updated
+                return self._read_path(path, regular, dir_fd)
             if e.errno == errno.ELOOP:
                 raise BadMessage(Reason.NOT_REGULAR, "symbolic link (never followed)") from None
             raise
