@@ -115,7 +115,8 @@ class Queue:
         self.dev = os.stat(self.incoming).st_dev
         self._candidates: collections.deque[tuple[str, bool]] = collections.deque()
         self._read_flags = _OPEN_FLAGS | _NOATIME
-        self._readahead = ReadAhead(self.incoming)  # a thread only once a listing is full
+        # reads ahead of the worker on a full listing (a thread, only then)
+        self._readahead = ReadAhead(self.incoming, self._read_flags)
 
     def __repr__(self) -> str:
         return f"Queue({self.path!r})"

@@ -28,7 +28,6 @@ from collections.abc import Sequence, Sized
 
 AHEAD = 256  # messages opened ahead of the worker at most
 HOT_RUN = 64  # this many in memory in a row: the rest of the listing is too
-_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 STALLED = 1.0  # seconds without the worker moving: stop (it is paused or stuck)
 _PAUSE = 0.001  # seconds: the worker moves 10-20 messages meanwhile
 
@@ -41,9 +40,10 @@ class ReadAhead:
     for STALLED seconds (a paused daemon); the next full listing starts another.
     """
 
-    def __init__(self, directory: str):
+    def __init__(self, directory: str, flags: int):
+        """`flags`: the queue's own for opening a message (O_NOFOLLOW, O_NONBLOCK, ...)."""
         self.prefix = directory + os.sep
-        self.flags = _FLAGS | getattr(os, "O_NOATIME", 0)
+        self.flags = flags
         self.fetched = self.in_memory = 0  # counters, for tests and curiosity
         self._job: tuple[Sequence[tuple[str, bool]], Sized] | None = None
         self._lock = threading.Lock()

@@ -70,7 +70,7 @@ def test_read_ahead_brings_messages_on_disk_into_memory_and_stays_ahead_of_the_w
     evict(paths)
     listing = q.scan()
     left = collections.deque(listing)
-    ra = ReadAhead(q.incoming)
+    ra = ReadAhead(q.incoming, q._read_flags)
     ra.follow(listing, left)
 
     looked = lambda: ra.fetched + ra.in_memory  # noqa: E731
@@ -97,7 +97,7 @@ def test_read_ahead_stops_on_a_backlog_that_is_in_memory(disk_dir):
     backlog(q, 3 * AHEAD)
     listing = q.scan()
     left = collections.deque(listing)
-    ra = ReadAhead(q.incoming)
+    ra = ReadAhead(q.incoming, q._read_flags)
     ra.follow(listing, left)
     wait_for(lambda: ra._thread is None, 10)  # gave up although the worker did not move
     assert ra.in_memory >= HOT_RUN  # just written: in memory,
@@ -111,7 +111,7 @@ def test_read_ahead_stops_when_the_worker_stalls(disk_dir, monkeypatch):
     paths = backlog(q, 2 * AHEAD)
     evict(paths)
     listing = q.scan()
-    ra = ReadAhead(q.incoming)
+    ra = ReadAhead(q.incoming, q._read_flags)
     ra.follow(listing, collections.deque(listing))  # nobody ever takes one
     wait_for(lambda: ra._thread is None, 10)
     assert ra.fetched + ra.in_memory == AHEAD
