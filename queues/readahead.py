@@ -92,7 +92,8 @@ class ReadAhead:
             i += 1
             if regular:
                 cached = self._fetch(self.prefix + name)
-                hot = hot + 1 if cached else 0
+                if cached is not None:  # (None: a sibling took it, which says nothing)
+                    hot = hot + 1 if cached else 0
 
     def _fetch(self, path: str) -> bool | None:
         """Start reading one message's data; True if it was in memory already."""
