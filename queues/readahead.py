@@ -11,8 +11,9 @@ data in memory and the disk works while the worker does.
 
 It costs little where nothing waits: it reads one byte of each message
 with preadv(2) RWF_NOWAIT, which succeeds only if the data is in memory (and
-otherwise starts reading it in), and after HOT_RUN messages in a row already
-in memory it stops for the rest of that listing. It never follows a symlink
+otherwise starts reading it in). No thread starts when the first PROBE
+messages of a listing are in memory, and a thread stops for the rest of its
+listing after HOT_RUN messages in a row already in memory. It never follows a symlink
 (O_NOFOLLOW), never opens what the listing did not call a regular file, and
 changes no atime where the kernel lets it (O_NOATIME). It holds no claim and
 takes nothing: a message it looks at may be claimed by anyone meanwhile.
@@ -28,6 +29,7 @@ from collections.abc import Sequence, Sized
 
 AHEAD = 256  # messages opened ahead of the worker at most
 HOT_RUN = 64  # this many in memory in a row: the rest of the listing is too
+PROBE = 8  # the first messages of a listing looked at before a thread is started (0: none)
 STALLED = 1.0  # seconds without the worker moving: stop (it is paused or stuck)
 _PAUSE = 0.001  # seconds: the worker moves 10-20 messages meanwhile
 
@@ -44,14 +46,19 @@ class ReadAhead:
         """`flags`: the queue's own for opening a message (O_NOFOLLOW, O_NONBLOCK, ...)."""
         self.prefix = directory + os.sep
         self.flags = flags
-        self.fetched = self.in_memory = 0  # counters, for tests and curiosity
+        self.fetched = self.in_memory = 0  # what the thread found (tests, curiosity)
         self._job: tuple[Sequence[tuple[str, bool]], Sized] | None = None
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def follow(self, listing: Sequence[tuple[str, bool]], left: Sized) -> None:
         """Read ahead along `listing` ((name, regular) in the worker's order); `left`
-        (the worker's own deque of what it has not taken yet) says where it is."""
+        (the worker's own deque of what it has not taken yet) says where it is.
+
+        Unless a thread is walking already, the first PROBE messages are looked at
+        here first: when they are all in memory (the usual case) no thread starts."""
+        if self._thread is None and PROBE and self._in_memory(listing[:PROBE]):
+            return
         with self._lock:
             self._job = (listing, left)
             if self._thread is None:
@@ -90,10 +97,19 @@ class ReadAhead:
                 continue
             name, regular = listing[i]
             i += 1
-            if regular:
-                cached = self._fetch(self.prefix + name)
-                if cached is not None:  # (None: a sibling took it, which says nothing)
-                    hot = hot + 1 if cached else 0
+            if not regular:
+                continue
+            cached = self._fetch(self.prefix + name)
+            if cached:
+                self.in_memory += 1
+                hot += 1
+            elif cached is not None:  # (None: a sibling took it, which says nothing)
+                self.fetched += 1
+                hot = 0
+
+    def _in_memory(self, listing: Sequence[tuple[str, bool]]) -> bool:
+        return all(self._fetch(self.prefix + name) is not False
+                   for name, regular in listing if regular)
 
     def _fetch(self, path: str) -> bool | None:
         """Start reading one message's data; True if it was in memory already."""
@@ -107,11 +123,9 @@ class ReadAhead:
         try:
             try:
                 os.preadv(fd, [bytearray(1)], 0, os.RWF_NOWAIT)
-                self.in_memory += 1
                 return True
             except BlockingIOError:  # not in memory (being read in now): the whole of it
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-                self.fetched += 1
                 return False
             except OSError:
                 return None
