@@ -188,3 +188,25 @@ def test_a_message_of_another_user_is_read_without_noatime():
         assert r.stdout == '{"theirs": true}'
     finally:
         shutil.rmtree(top, ignore_errors=True)
+
+
+def test_read_ahead_never_follows_a_symlink_swapped_in_after_listing(
+        disk_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr("queues.readahead.PROBE", 0)
+    monkeypatch.setattr("queues.readahead.HOT_RUN", 10**9)
+    q = Queue(disk_dir / "q")
+    backlog(q, 3)
+    listing = q.scan()
+    outside = tmp_path / "outside.json"
+    outside.write_bytes(message(99))  # in memory, readable: it would count if opened
+    middle = os.path.join(q.incoming, listing[1][0])
+    os.unlink(middle)
+    os.symlink(outside, middle)  # listed as a regular file, now a link
+    left = collections.deque(listing)
+    ra = ReadAhead(q.incoming, q._read_flags)
+    ra.follow(listing, left)
+    wait_for(lambda: ra.in_memory + ra.fetched >= 2, 10)
+    time.sleep(0.2)
+    assert ra.in_memory + ra.fetched == 2  # the link was refused (O_NOFOLLOW: ELOOP)
+    left.clear()
+    wait_for(lambda: ra._thread is None, 10)
