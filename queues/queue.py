@@ -116,7 +116,7 @@ class Queue:
         self._candidates: collections.deque[tuple[str, bool]] = collections.deque()
         self._read_flags = _OPEN_FLAGS | _NOATIME
         # reads ahead of the worker on a full listing (a thread, only then)
-        self._readahead = ReadAhead(self.incoming, self._read_flags)
+        self._readahead = ReadAhead(self.incoming, self._open_message)
 
     def __repr__(self) -> str:
         return f"Queue({self.path!r})"
@@ -368,15 +368,23 @@ class Queue:
         """The message bytes; never follows a symlink nor blocks on a FIFO."""
         return self._read_path(claim.path, claim.regular)
 
+    def _open_message(self, path: str, dir_fd: int | None = None) -> int:
+        """Open a message for reading: never through a symlink, never blocking, no atime
+        where the kernel allows it (our own files; another user's: EPERM, dropped once)."""
+        try:
+            return os.open(path, self._read_flags, dir_fd=dir_fd)
+        except PermissionError as e:
+            if e.errno != errno.EPERM or not self._read_flags & _NOATIME:
+                raise
+            self._read_flags &= ~_NOATIME  # another user's message: atime is updated
+            return os.open(path, self._read_flags, dir_fd=dir_fd)
+
     def _read_path(self, path: str, regular: bool, dir_fd: int | None = None) -> bytes:
         if not regular:
             raise BadMessage(Reason.NOT_REGULAR, f"not a regular file ({_kind(path, dir_fd)})")
         try:
-            fd = os.open(path, self._read_flags, dir_fd=dir_fd)
+            fd = self._open_message(path, dir_fd)
         except OSError as e:
-            if e.errno == errno.EPERM and self._read_flags & _NOATIME:
-                self._read_flags &= ~_NOATIME  # another user's message: atime is updated
-                return self._read_path(path, regular, dir_fd)
             if e.errno == errno.ELOOP:
                 raise BadMessage(Reason.NOT_REGULAR, "symbolic link (never followed)") from None
             raise

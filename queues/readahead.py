@@ -21,11 +21,10 @@ takes nothing: a message it looks at may be claimed by anyone meanwhile.
 
 from __future__ import annotations
 
-import errno
 import os
 import threading
 import time
-from collections.abc import Sequence, Sized
+from collections.abc import Callable, Sequence, Sized
 
 AHEAD = 256  # messages opened ahead of the worker at most
 HOT_RUN = 64  # this many in memory in a row: the rest of the listing is too
@@ -42,10 +41,10 @@ class ReadAhead:
     for STALLED seconds (a paused daemon); the next full listing starts another.
     """
 
-    def __init__(self, directory: str, flags: int):
-        """`flags`: the queue's own for opening a message (O_NOFOLLOW, O_NONBLOCK, ...)."""
+    def __init__(self, directory: str, open_message: Callable[[str], int]):
+        """`open_message`: the queue's own (O_NOFOLLOW, O_NONBLOCK, O_NOATIME, ...)."""
         self.prefix = directory + os.sep
-        self.flags = flags
+        self.open_message = open_message
         self.fetched = self.in_memory = 0  # what the thread found (tests, curiosity)
         self._job: tuple[Sequence[tuple[str, bool]], Sized] | None = None
         self._lock = threading.Lock()
@@ -114,11 +113,8 @@ class ReadAhead:
     def _fetch(self, path: str) -> bool | None:
         """Start reading one message's data; True if it was in memory already."""
         try:
-            fd = os.open(path, self.flags)
-        except OSError as e:
-            if e.errno == errno.EPERM and self.flags & getattr(os, "O_NOATIME", 0):
-                self.flags &= ~os.O_NOATIME  # not our file: atime it is
-                return self._fetch(path)
+            fd = self.open_message(path)
+        except OSError:
             return None  # taken meanwhile, or not ours to read: the worker will say
         try:
             try:

@@ -78,7 +78,7 @@ def test_read_ahead_brings_messages_on_disk_into_memory_and_stays_ahead_of_the_w
     evict(paths)
     listing = q.scan()
     left = collections.deque(listing)
-    ra = ReadAhead(q.incoming, q._read_flags)
+    ra = ReadAhead(q.incoming, q._open_message)
     ra.follow(listing, left)
 
     looked = lambda: ra.fetched + ra.in_memory  # noqa: E731
@@ -103,7 +103,7 @@ def test_no_read_ahead_starts_on_a_backlog_that_is_in_memory(disk_dir):
     q = Queue(disk_dir / "q")
     backlog(q, 3 * AHEAD)  # just written: in memory
     listing = q.scan()
-    ra = ReadAhead(q.incoming, q._read_flags)
+    ra = ReadAhead(q.incoming, q._open_message)
     ra.follow(listing, collections.deque(listing))
     assert ra._thread is None  # the first PROBE were in memory: no thread
     assert (ra.fetched, ra.in_memory) == (0, 0)
@@ -117,7 +117,7 @@ def test_read_ahead_stops_where_the_backlog_is_in_memory_though_a_sibling_takes_
     listing = q.scan()
     for p in paths[1::2]:  # a sibling took every other one after we listed them
         os.unlink(p)
-    ra = ReadAhead(q.incoming, q._read_flags)
+    ra = ReadAhead(q.incoming, q._open_message)
     ra.follow(listing, collections.deque(listing))
     wait_for(lambda: ra._thread is None, 10)  # gave up although the worker did not move
     assert ra.in_memory >= HOT_RUN  # the rest: in memory, and it stopped
@@ -132,7 +132,7 @@ def test_read_ahead_stops_when_the_worker_stalls(disk_dir, monkeypatch):
     paths = backlog(q, 2 * AHEAD)
     evict(paths)
     listing = q.scan()
-    ra = ReadAhead(q.incoming, q._read_flags)
+    ra = ReadAhead(q.incoming, q._open_message)
     ra.follow(listing, collections.deque(listing))  # nobody ever takes one
     wait_for(lambda: ra._thread is None, 10)
     assert ra.fetched + ra.in_memory == AHEAD
@@ -203,7 +203,7 @@ def test_read_ahead_never_follows_a_symlink_swapped_in_after_listing(
     os.unlink(middle)
     os.symlink(outside, middle)  # listed as a regular file, now a link
     left = collections.deque(listing)
-    ra = ReadAhead(q.incoming, q._read_flags)
+    ra = ReadAhead(q.incoming, q._open_message)
     ra.follow(listing, left)
     wait_for(lambda: ra.in_memory + ra.fetched >= 2, 10)
     time.sleep(0.2)
