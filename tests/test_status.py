@@ -18,7 +18,19 @@ from queues import Queue, Reason
 from tests.helpers import PIPERS, ROOT, files, wait_for
 
 DIRS = ("incoming", "pending", "tmp", "errors")
-ENV = dict(os.environ, PYTHONPATH=str(ROOT))
+ENV = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONFAULTHANDLER="1")  # SIGABRT: stack on stderr
+
+
+def exited(p: subprocess.Popen, timeout: float) -> tuple[bytes, bytes]:
+    """(stdout, stderr) of p once it exited; if it has not within `timeout`, the test
+    fails with the Python stack p was in (SIGABRT makes faulthandler print it)."""
+    try:
+        return p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.send_signal(signal.SIGABRT)
+        err = p.communicate(timeout=30)[1]
+        pytest.fail(f"still running {timeout} s after SIGINT; where it was:\n"
+                    f"{err.decode(errors='replace')[-4000:]}")
 
 
 def status_json(daemons, *args: str) -> list[dict]:
@@ -69,7 +81,21 @@ def on_terminal(args: list[str], *, stdout_to: str | None = None, until: bytes |
             if until is not None and not interrupted and shown.count(until) >= 2:
                 p.send_signal(signal.SIGINT)
                 interrupted = True
-        rc = p.wait(timeout=max(1.0, deadline - time.monotonic()))
+        try:
+            rc = p.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:  # where was it? (faulthandler prints on SIGABRT)
+            p.send_signal(signal.SIGABRT)
+            p.wait(30)
+            while select.select([master], [], [], 0.5)[0]:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                shown += chunk
+            pytest.fail(f"no exit within {timeout} s (SIGINT sent: {interrupted}); the "
+                        f"terminal showed last:\n{bytes(shown[-4000:]).decode(errors='replace')}")
     finally:
         os.close(master)
         if p.poll() is None:
@@ -336,7 +362,7 @@ def test_watch_json_prints_a_document_per_refresh_and_ctrl_c_exits_0(tmp_path):
         while not orjson.loads(p.stdout.readline())["queues"][0].get("missing"):
             pass
         p.send_signal(signal.SIGINT)
-        rest, err = p.communicate(timeout=30)
+        rest, err = exited(p, 30)
     finally:
         if p.poll() is None:
             p.kill()
@@ -372,7 +398,7 @@ def test_watch_redraws_in_place_on_a_terminal_and_appends_when_piped(tmp_path, d
         while out.count(b"QUEUE") < 2:
             out += p.stdout.readline()
         p.send_signal(signal.SIGINT)
-        out += p.communicate(timeout=30)[0]
+        out += exited(p, 30)[0]
     finally:
         if p.poll() is None:
             p.kill()
