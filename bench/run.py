@@ -128,16 +128,29 @@ def throughput(w: str, cfg: dict, logf: str, where: str = "",
         figs.append(ratio_figure(
             "two pass instances on one queue", s["two"], "one instance", s["pass"], 1.6,
             note=f"CPU per message: two {cpu['two']:.0f} us, one {cpu['pass']:.0f} us "
-            f"(equal = no cost from sharing; the rest is free cores)"))
+            f"(equal = no cost from sharing; the rest is free cores); "
+            f"{per_round(s['two'], s['pass'])}"))
         figs.append(ratio_figure(
             "the system calls of a pass hop alone, two processes", s["calls2"],
             "one process", s["calls1"], None,
             note=f"CPU per message: two {cpu['calls2']:.0f} us, one {cpu['calls1']:.0f} us; "
             "the kernel's own limit for two instances (cross-directory rename(2) takes the "
-            "filesystem's rename mutex): for reference, no target"))
+            "filesystem's rename mutex): for reference, no target; "
+            f"{per_round(s['calls2'], s['calls1'])}"))
     for f in figs:
         f.name += where
     return figs, s
+
+
+def per_round(values: list[float], baselines: list[float]) -> str:
+    """The ratio of each round's pair (measured minutes apart, so a neighbour's load hits
+    both sides of a round alike), shown beside the figure, which stays the ratio of the
+    medians."""
+    ratios = [v / b for v, b in zip(values, baselines, strict=True) if b]
+    if not ratios:
+        return "no round to compare"
+    return (f"ratio per round {', '.join(f'{r:.2f}' for r in ratios)} "
+            f"(median {median(ratios):.2f})")
 
 
 ROOTFS = dict(rounds=2, n=3_000, n_fsync=3_000, n_bare_fsync=500, n_dirq=2_000, n_pq_file=300,
