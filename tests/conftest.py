@@ -1,8 +1,18 @@
+import signal
 import threading
 
 import pytest
 
 from tests.helpers import Daemons
+
+# The tests send SIGINT to processes they start, as a user's Ctrl-C. A run started in the
+# background by a shell without job control (a CI script, `nohup ... &`) has SIGINT
+# ignored, and an ignored signal stays ignored across fork and exec: Python then installs
+# no KeyboardInterrupt handler, and `pipers status --watch` would never see the Ctrl-C
+# (found on a CI run: the child sat in time.sleep 30 s after SIGINT). A handler of ours is
+# reset to the default in every child at exec.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 try:  # the local search node (real OpenSearch from Maven Central)
     from search.fixture import search_node, search_node_factory  # noqa: F401
