@@ -52,6 +52,17 @@ def table(text: str) -> dict[str, dict[str, str]]:
     return rows
 
 
+def read_terminal(master: int, wait: float) -> bytes | None:
+    """What the terminal shows within `wait` seconds (b"": nothing new); None once every
+    holder of its other end is gone (EIO or end of file)."""
+    if not select.select([master], [], [], wait)[0]:
+        return b""
+    try:
+        return os.read(master, 65536) or None
+    except OSError:  # EIO
+        return None
+
+
 def on_terminal(args: list[str], *, stdout_to: str | None = None, until: bytes | None = None,
                 timeout: float = 60) -> tuple[int, bytes]:
     """Run `pipers ARGS` with stderr (and stdout unless `stdout_to`) on a pseudo-terminal;
@@ -69,15 +80,10 @@ def on_terminal(args: list[str], *, stdout_to: str | None = None, until: bytes |
     interrupted = False
     try:
         while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 0.5)
-            if ready:
-                try:
-                    chunk = os.read(master, 65536)
-                except OSError:  # EIO: every holder of the terminal's other end is gone
-                    break
-                if not chunk:
-                    break
-                shown += chunk
+            chunk = read_terminal(master, 0.5)
+            if chunk is None:
+                break
+            shown += chunk
             if until is not None and not interrupted and shown.count(until) >= 2:
                 p.send_signal(signal.SIGINT)
                 interrupted = True
@@ -86,13 +92,7 @@ def on_terminal(args: list[str], *, stdout_to: str | None = None, until: bytes |
         except subprocess.TimeoutExpired:  # where was it? (faulthandler prints on SIGABRT)
             p.send_signal(signal.SIGABRT)
             p.wait(30)
-            while select.select([master], [], [], 0.5)[0]:
-                try:
-                    chunk = os.read(master, 65536)
-                except OSError:
-                    break
-                if not chunk:
-                    break
+            while chunk := read_terminal(master, 0.5):
                 shown += chunk
             pytest.fail(f"no exit within {timeout} s (SIGINT sent: {interrupted}); the "
                         f"terminal showed last:\n{bytes(shown[-4000:]).decode(errors='replace')}")
