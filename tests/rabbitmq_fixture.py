@@ -367,6 +367,16 @@ class Broker:
                     return 0
                 raise
 
+    def consumer_count(self, queue: str) -> int:
+        """Consumers subscribed to `queue` right now."""
+        with self.channel() as ch:
+            try:
+                return ch.queue_declare(queue, passive=True).method.consumer_count
+            except pika.exceptions.ChannelClosedByBroker as e:
+                if e.reply_code == 404:
+                    return 0
+                raise
+
     def queue_counts(self, queue: str) -> tuple[int, int]:
         """(ready, unacknowledged) as the broker reports them."""
         out = self.ctl("list_queues", "-q", "--no-table-headers", "name", "messages_ready",

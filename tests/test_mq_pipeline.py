@@ -23,15 +23,26 @@ TOTAL = 20_000
 
 
 class Feeder(threading.Thread):
-    """Host A's application: puts messages in steady slices, so the run lasts a while."""
+    """Host A's application: puts messages in steady slices, so the run lasts a while.
 
-    def __init__(self, queue: Queue, total: int, chunk: int = 250, pause: float = 0.2):
+    At each count in `holds` it waits for `release(count)`: an event planned there
+    then happens mid-run, however long the ones before it took.
+    """
+
+    def __init__(self, queue: Queue, total: int, chunk: int = 250, pause: float = 0.2,
+                 holds: tuple[int, ...] = ()):
         super().__init__(name="test-feeder", daemon=True)
         self.queue, self.total, self.chunk, self.pause = queue, total, chunk, pause
+        self.holds = {at: threading.Event() for at in holds}
         self.names: list[str] = []
+
+    def release(self, at: int) -> None:
+        self.holds[at].set()
 
     def run(self) -> None:
         for start in range(0, self.total, self.chunk):
+            if start in self.holds:
+                self.holds[start].wait(300)
             end = min(self.total, start + self.chunk)
             self.names += self.queue.put_many(
                 [orjson.dumps({"i": i, "kind": "probe"}) for i in range(start, end)]
@@ -69,22 +80,33 @@ def test_20000_through_the_broker_with_restart_and_two_consumer_kills_arrive_exa
                            a_out.path, "--set", "host=A", "--queue-in-wait", "0.5")
     publisher = daemons.start("mq-publish", "--queue-in-dir", a_out.path, *mq,
                               "--queue-in-wait", "0.5")
-    feeder = Feeder(a_in, TOTAL)
+
+    def held_and_behind() -> bool:  # the stopped consumer holds deliveries, more wait
+        ready, unacked = rabbitmq.queue_counts(mq_queue)
+        return ready >= 200 and unacked > 0
+
+    feeder = Feeder(a_in, TOTAL, holds=(4_000, 15_000))  # it waits there for the kills
     feeder.start()
     try:
         for at, event in ((4_000, "kill"), (10_000, "restart"), (15_000, "kill")):
             wait_for(lambda at=at: len(feeder.names) >= at, timeout=120, what=f"{at} fed")
             assert feeder.is_alive(), "the run ended before the event: it would prove nothing"
             if event == "kill":  # with a full prefetch window in hand, unacknowledged
+                # subscribed (again, after the broker's restart), so deliveries reach it
+                wait_for(lambda: rabbitmq.consumer_count(mq_queue) >= 1, timeout=60,
+                         interval=0.2, what="the consumer subscribed")
                 consumer.send_signal(signal.SIGSTOP)
-                wait_for(lambda: rabbitmq.ready_count(mq_queue) >= 200, timeout=60,
-                         what="a backlog behind the stopped consumer")
+                feeder.release(at)
+                wait_for(held_and_behind, timeout=60, interval=0.5,
+                         what="deliveries held by the stopped consumer and a backlog behind it")
                 consumer.send_signal(signal.SIGKILL)
                 consumer.wait(10)
                 consumer = daemons.start(*consume)
             else:
                 rabbitmq.restart()
     finally:
+        for at in feeder.holds:  # after a failure too, so the join does not wait on a hold
+            feeder.release(at)
         feeder.join()
     assert len(feeder.names) == TOTAL
     wait_for(lambda: indexed(search_node, index) >= TOTAL, timeout=300, interval=1.0,
