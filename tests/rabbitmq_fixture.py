@@ -357,25 +357,25 @@ class Broker:
             with contextlib.suppress(pika.exceptions.AMQPError):
                 conn.close()
 
-    def ready_count(self, queue: str) -> int:
-        """Messages ready in `queue` (not counting those handed to a consumer)."""
+    def _declared(self, queue: str):
+        """The broker's Queue.DeclareOk for `queue` (a passive declare), None if absent."""
         with self.channel() as ch:
             try:
-                return ch.queue_declare(queue, passive=True).method.message_count
+                return ch.queue_declare(queue, passive=True).method
             except pika.exceptions.ChannelClosedByBroker as e:
                 if e.reply_code == 404:
-                    return 0
+                    return None
                 raise
+
+    def ready_count(self, queue: str) -> int:
+        """Messages ready in `queue` (not counting those handed to a consumer)."""
+        declared = self._declared(queue)
+        return declared.message_count if declared else 0
 
     def consumer_count(self, queue: str) -> int:
         """Consumers subscribed to `queue` right now."""
-        with self.channel() as ch:
-            try:
-                return ch.queue_declare(queue, passive=True).method.consumer_count
-            except pika.exceptions.ChannelClosedByBroker as e:
-                if e.reply_code == 404:
-                    return 0
-                raise
+        declared = self._declared(queue)
+        return declared.consumer_count if declared else 0
 
     def queue_counts(self, queue: str) -> tuple[int, int]:
         """(ready, unacknowledged) as the broker reports them."""
