@@ -370,12 +370,12 @@ class Broker:
     def ready_count(self, queue: str) -> int:
         """Messages ready in `queue` (not counting those handed to a consumer)."""
         declared = self._declared(queue)
-        return declared.message_count if declared else 0
+        return declared.message_count if declared is not None else 0
 
     def consumer_count(self, queue: str) -> int:
         """Consumers subscribed to `queue` right now."""
         declared = self._declared(queue)
-        return declared.consumer_count if declared else 0
+        return declared.consumer_count if declared is not None else 0
 
     def queue_counts(self, queue: str) -> tuple[int, int]:
         """(ready, unacknowledged) as the broker reports them."""
