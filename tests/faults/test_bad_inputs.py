@@ -4,6 +4,7 @@ one lands in errors/ with its reason, every good one flows on, nothing is unacco
 from __future__ import annotations
 
 import os
+import signal
 import stat
 from collections import Counter
 
@@ -77,6 +78,9 @@ def test_a_thousand_bad_inputs_leave_the_daemon_up_and_every_one_accounted(
              timeout=180, interval=0.2, what="every input sorted out")
 
     assert p.poll() is None, "the daemon must stay up"
+    # stopped first: while it runs, tmp/ briefly holds the temporary of its status file
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(30) == 0
     assert files(qin.incoming) == [] and files(qin.pending) == [] and files(qin.tmp) == []
     assert os.listdir(qin.incoming) == [".writer-temp"]
     assert open(hidden, "rb").read() == b'{"half": '
