@@ -61,7 +61,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.common import ROOT, append_record, median, settle, stop
-from bench.ship_bench import count, document, http, make_index, warm_up
+from bench.ship_bench import count, document, http, make_index, node_cpu_seconds, warm_up
 from queues import Queue
 
 RSYSLOGD = "/usr/sbin/rsyslogd"
@@ -127,13 +127,6 @@ def children_cpu() -> float:
     """User + system CPU time of the children waited for so far."""
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
-
-
-def node_cpu_seconds(url: str) -> float:
-    """CPU time the search node's process has used so far (its _nodes stats)."""
-    stats = http("GET", f"{url}/_nodes/_local/stats/process")
-    (node,) = stats["nodes"].values()
-    return node["process"]["cpu"]["total_in_millis"] / 1000
 
 
 def poll_count(url: str, index: str, n: int, proc: subprocess.Popen, timeout: float,

@@ -27,11 +27,11 @@ from .fs import BenchFS
 FULL = dict(rounds=5, n=40_000, n_fsync=15_000, n_bare_fsync=1_500, n_dirq=10_000,
             n_pq_file=1_000, n_pq_sqlite=300, backlog_small=1_000, backlog_big=1_000_000,
             backlog_window=50_000, latency_samples=400, idle_seconds=10.0, ship_docs=100_000,
-            rsyslog_rounds=5, kill_docs=100_000)
+            rsyslog_rounds=5, ship_rounds=5, kill_docs=100_000)
 QUICK = dict(rounds=3, n=15_000, n_fsync=6_000, n_bare_fsync=600, n_dirq=4_000,
              n_pq_file=400, n_pq_sqlite=150, backlog_small=1_000, backlog_big=100_000,
              backlog_window=20_000, latency_samples=150, idle_seconds=5.0, ship_docs=20_000,
-            rsyslog_rounds=3, kill_docs=20_000)
+            rsyslog_rounds=3, ship_rounds=3, kill_docs=20_000)
 
 
 @dataclass
@@ -249,9 +249,11 @@ def shipper(w: str, cfg: dict, logf: str,
             return figs, out
         if os.path.exists(script):
             results = os.path.join(w, "ship-results.json")
-            log(f"shipper: bench/ship_bench.py --docs {cfg['ship_docs']}")
+            log(f"shipper: bench/ship_bench.py --docs {cfg['ship_docs']} "
+                f"--rounds {cfg['ship_rounds']}")
             r = subprocess.run([sys.executable, script, "--es-url", node.url, "--docs",
-                                str(cfg["ship_docs"]), "--results", results], cwd=ROOT,
+                                str(cfg["ship_docs"]), "--rounds", str(cfg["ship_rounds"]),
+                                "--results", results], cwd=ROOT,
                                env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=900)
             if r.returncode or not os.path.exists(results):
                 missing.note = f"failed: bench/ship_bench.py exited with {r.returncode}"

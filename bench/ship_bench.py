@@ -1,9 +1,12 @@
 """Shipper throughput: `pipers ship --once` over N pre-queued documents beside `helpers.bulk`.
 
-    python bench/ship_bench.py --es-url URL --docs N --results FILE
+    python bench/ship_bench.py --es-url URL --docs N --rounds R --results FILE
 
 Both sides index the same N documents (same bytes, same `_id`s, op_type
-create) into two fresh indices of the same node in the same run:
+create) into two fresh indices of the same node, R times; the order of the
+two sides alternates from round to round, and the figure is the ratio of the
+two sides' median rates (a single round of each swung from 0.83x to 1.17x
+between runs):
 
 - ship: N messages are written into a queue as an upstream daemon with the
   default ``--durability none`` writes them (``--sync-queue``: synced to disk
@@ -19,8 +22,8 @@ create) into two fresh indices of the same node in the same run:
 Before either side, one throw-away ``_bulk`` of 2,000 documents warms the
 node up, so the side that runs first does not pay for its first requests.
 
-Prints docs/s of each and the ratio ship / helpers.bulk, and appends one JSON
-record (a line) to FILE.
+Prints each round, the medians and the ratio ship / helpers.bulk (with the
+ratio of each round), and appends one JSON record (a line) to FILE.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ if str(ROOT) not in sys.path:
 
 import orjson  # noqa: E402
 
-from bench.common import append_record, message  # noqa: E402
+from bench.common import append_record, median, message  # noqa: E402
 from queues import Queue  # noqa: E402
 
 
@@ -71,13 +74,24 @@ def count(url: str, index: str) -> int:
     return int(http("GET", f"{url}/{index}/_count")["count"])
 
 
-def run_ship(url: str, index: str, docs: list[bytes], work: Path, bundle_size: int,
-             sync: bool) -> dict:
-    queue = Queue(work / "ship-queue")
+def node_cpu_seconds(url: str) -> float:
+    """CPU time the search node's process has used so far (its _nodes stats)."""
+    stats = http("GET", f"{url}/_nodes/_local/stats/process")
+    (node,) = stats["nodes"].values()
+    return node["process"]["cpu"]["total_in_millis"] / 1000
+
+
+def fill_queue(path: Path, docs: list[bytes], sync: bool) -> tuple[Queue, list[str]]:
+    """A queue holding the documents as an upstream daemon with --durability none leaves them."""
+    queue = Queue(path)
     with queue.batch() as batch:
         ids = [batch.add(data) for data in docs]
     if sync:
         os.sync()  # a backlog on disk, as a shipper that was down for a while finds it
+    return queue, ids
+
+
+def run_ship(url: str, index: str, queue: Queue, bundle_size: int) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     env.pop("PIPERS_ES_URL", None)
     cmd = [sys.executable, "-m", "pipers", "ship", "--queue-in-dir", queue.path,
@@ -94,7 +108,7 @@ def run_ship(url: str, index: str, docs: list[bytes], work: Path, bundle_size: i
     if left["incoming"] or left["pending"] or left["errors"]:
         raise SystemExit(f"pipers ship left messages behind: {left}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"seconds": seconds, "cpu_seconds": cpu, "ids": ids}
+    return {"seconds": seconds, "cpu_seconds": cpu}
 
 
 def helpers_child(argv: list[str]) -> int:
@@ -156,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
         return helpers_child(argv[1:])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--es-url", required=True, help="the search node, e.g. http://127.0.0.1:9201")
-    p.add_argument("--docs", type=int, default=20_000, help="documents per side")
+    p.add_argument("--docs", type=int, default=20_000, help="documents per side and round")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="rounds, the sides' order alternating (ratio of the medians)")
     p.add_argument("--results", required=True, help="append one JSON record (a line) here")
     p.add_argument("--bundle-size", type=int, default=5000, help="documents per bulk request")
     p.add_argument("--keep", action="store_true", help="keep the two indices afterwards")
@@ -166,46 +182,72 @@ def main(argv: list[str] | None = None) -> int:
     url = args.es_url.rstrip("/")
     engine = http("GET", url + "/").get("version", {})
     stamp = f"{int(time.time())}-{os.getpid()}"
-    ship_index, helpers_index = f"bench-ship-{stamp}", f"bench-helpers-{stamp}"
-    warm_index = f"bench-warm-{stamp}"
     docs = [document(i) for i in range(args.docs)]
+    doc_bytes = round(sum(map(len, docs)) / len(docs))
     work = Path(tempfile.mkdtemp(prefix="ship-bench-", dir=os.environ.get("PIPERS_BENCH_TMP")))
+    rounds: list[dict] = []
     try:
-        for index in (ship_index, helpers_index, warm_index):
-            make_index(url, index)
+        warm_index = f"bench-warm-{stamp}"
+        make_index(url, warm_index)
         warm_up(url, warm_index, docs[:2000])
-        ship = run_ship(url, ship_index, docs, work, args.bundle_size, args.sync_queue)
-        # the same documents under the same ids: the names the queue gave them
-        helpers = run_helpers(url, helpers_index, docs, ship["ids"], args.bundle_size,
-                              work)
-        counts = {"ship": count(url, ship_index), "helpers": count(url, helpers_index)}
+        http("DELETE", f"{url}/{warm_index}")
+        for r in range(1, args.rounds + 1):
+            # the same documents under the same ids (the names the queue gave them)
+            queue, ids = fill_queue(work / f"queue-{r}", docs, args.sync_queue)
+            got: dict = {}
+            for side in ("ship", "helpers") if r % 2 else ("helpers", "ship"):
+                index = f"bench-{side}-{stamp}-{r}"
+                make_index(url, index)
+                node0 = node_cpu_seconds(url)
+                try:
+                    got[side] = (run_ship(url, index, queue, args.bundle_size)
+                                 if side == "ship" else
+                                 run_helpers(url, index, docs, ids, args.bundle_size, work))
+                    got[side]["node_cpu_seconds"] = node_cpu_seconds(url) - node0
+                    got[side]["count"] = count(url, index)
+                finally:
+                    if not args.keep:
+                        http("DELETE", f"{url}/{index}")
+                if got[side]["count"] != args.docs:
+                    raise SystemExit(f"{side} indexed {got[side]['count']} of {args.docs}")
+            shutil.rmtree(queue.path, ignore_errors=True)
+            rounds.append(got)
+            print(f"round {r}: ship {args.docs / got['ship']['seconds']:,.0f} docs/s "
+                  f"(CPU {got['ship']['cpu_seconds']:.2f} s, node "
+                  f"{got['ship']['node_cpu_seconds']:.2f} s), helpers.bulk "
+                  f"{args.docs / got['helpers']['seconds']:,.0f} docs/s (CPU "
+                  f"{got['helpers']['cpu_seconds']:.2f} s, node "
+                  f"{got['helpers']['node_cpu_seconds']:.2f} s)", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        if not args.keep:
-            for index in (ship_index, helpers_index, warm_index):
-                try:
-                    http("DELETE", f"{url}/{index}")
-                except OSError:
-                    pass
-    if counts != {"ship": args.docs, "helpers": args.docs}:
-        raise SystemExit(f"document counts differ from {args.docs}: {counts}")
-    ship_rate = args.docs / ship["seconds"]
-    helpers_rate = args.docs / helpers["seconds"]
+
+    def med(side: str, key: str) -> float:
+        return median([g[side][key] for g in rounds])
+
+    rates = {side: [args.docs / g[side]["seconds"] for g in rounds] for side in ("ship", "helpers")}
+    ship_rate, helpers_rate = median(rates["ship"]), median(rates["helpers"])
+    per_round = [round(a / b, 3) for a, b in zip(rates["ship"], rates["helpers"], strict=True)]
+    us = {side: (med(side, "cpu_seconds") / args.docs * 1e6,
+                 med(side, "node_cpu_seconds") / args.docs * 1e6) for side in ("ship", "helpers")}
     record = {
         "bench": "ship",
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
         "docs": args.docs,
-        "doc_bytes": round(sum(map(len, docs)) / len(docs)),
+        "rounds": args.rounds,
+        "doc_bytes": doc_bytes,
         "bundle_size": args.bundle_size,
         "queue_synced": args.sync_queue,
         "engine": f"{engine.get('distribution', 'elasticsearch')} {engine.get('number', '?')}",
-        "ship_seconds": round(ship["seconds"], 3),
-        "ship_cpu_seconds": round(ship["cpu_seconds"], 3),
+        "ship_seconds": round(med("ship", "seconds"), 3),
+        "ship_cpu_seconds": round(med("ship", "cpu_seconds"), 3),
         "ship_docs_per_s": round(ship_rate, 1),
-        "helpers_bulk_seconds": round(helpers["seconds"], 3),
-        "helpers_bulk_cpu_seconds": round(helpers["cpu_seconds"], 3),
+        "helpers_bulk_seconds": round(med("helpers", "seconds"), 3),
+        "helpers_bulk_cpu_seconds": round(med("helpers", "cpu_seconds"), 3),
         "helpers_bulk_docs_per_s": round(helpers_rate, 1),
         "ratio_ship_to_helpers_bulk": round(ship_rate / helpers_rate, 3),
+        "ratio_per_round": per_round,
+        "rounds_detail": [{side: {k: round(v, 3) for k, v in g[side].items()} for side in g}
+                          for g in rounds],
         # the figure as bench/run.py reads it
         "name": "pipers ship --once vs helpers.bulk"
                 + (" (queue synced to disk)" if args.sync_queue else ""),
@@ -214,18 +256,21 @@ def main(argv: list[str] | None = None) -> int:
         "baseline_name": "opensearch-py helpers.bulk",
         "unit": "docs/s",
         "ratio": round(ship_rate / helpers_rate, 3),
-        "note": f"{args.docs} docs of ~{round(sum(map(len, docs)) / len(docs))} B, "
-                f"bundles of {args.bundle_size}, each side its own process, start-up "
-                f"included, node warmed up first",
+        "note": f"{args.docs} docs of ~{doc_bytes} B, bundles of {args.bundle_size}, each "
+                f"side its own process, start-up included, node warmed up first; median of "
+                f"{args.rounds} interleaved rounds (ratio per round "
+                + ", ".join(f"{x:.2f}" for x in per_round) + "); CPU per doc (process / "
+                f"node): ship {us['ship'][0]:.0f} / {us['ship'][1]:.0f} us, helpers.bulk "
+                f"{us['helpers'][0]:.0f} / {us['helpers'][1]:.0f} us",
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
     }
-    print(f"pipers ship --once: {args.docs} docs in {ship['seconds']:.2f}s = {ship_rate:,.0f} "
-          f"docs/s (process CPU {ship['cpu_seconds']:.2f}s, start-up included)")
-    print(f"helpers.bulk:       {args.docs} docs in {helpers['seconds']:.2f}s = "
-          f"{helpers_rate:,.0f} docs/s (process CPU {helpers['cpu_seconds']:.2f}s, "
-          f"start-up included)")
-    print(f"ratio ship / helpers.bulk = {ship_rate / helpers_rate:.2f}")
+    print(f"pipers ship --once: {ship_rate:,.0f} docs/s (median of {args.rounds}; process CPU "
+          f"{us['ship'][0]:.0f} us/doc, start-up included)")
+    print(f"helpers.bulk:       {helpers_rate:,.0f} docs/s (median of {args.rounds}; process "
+          f"CPU {us['helpers'][0]:.0f} us/doc, start-up included)")
+    print(f"ratio ship / helpers.bulk = {ship_rate / helpers_rate:.2f} (per round: "
+          + ", ".join(f"{x:.2f}" for x in per_round) + ")")
     append_record(args.results, record)
     return 0
 
