@@ -523,8 +523,9 @@ class Queue:
 
     # -- inspection ------------------------------------------------------------------------
 
-    def count(self, directory: str = INCOMING) -> int:
-        """Messages in one directory (a listing without stat calls)."""
+    def count(self, directory: str = INCOMING, upto: int | None = None) -> int:
+        """Messages in one directory (a listing without stat calls); with `upto`, the
+        listing stops once it found that many."""
         path = os.path.join(self.path, directory)
         n = 0
         with os.scandir(path) as it:
@@ -532,6 +533,8 @@ class Queue:
                 name = entry.name
                 if name[0] != "." and not name.endswith(SIDECAR_SUFFIX):
                     n += 1
+                    if n == upto:
+                        break
         return n
 
     def counts(self) -> dict[str, int]:

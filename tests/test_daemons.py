@@ -193,6 +193,33 @@ def test_backpressure_limit_holds_and_the_daemon_resumes(tmp_path, daemons):
     assert p.poll() is None
 
 
+def test_the_gate_counts_a_slow_listing_less_often_and_recounts_at_the_limit(tmp_path):
+    from pipers.base import COUNT_SHARE, Gate
+
+    class SlowListing:  # the real queue's count, taking 50 ms like a very long queue
+        def __init__(self, queue: Queue):
+            self.queue, self.calls = queue, []
+
+        def count(self, upto=None):
+            self.calls.append(upto)
+            time.sleep(0.05)
+            return self.queue.count(upto=upto)
+
+    q = Queue(tmp_path / "out")
+    fill(q, 3)
+    listing = SlowListing(q)
+    gate = Gate(listing, limit=10, recount=1.0)
+    assert gate.room(0.0) == 7 and listing.calls == [10]  # counted, stopping at the limit
+    assert 0.05 / COUNT_SHARE > 1.5  # so the next count waits longer than `recount`
+    assert gate.room(1.5) == 7 and len(listing.calls) == 1  # not yet: the last one was slow
+    gate.added(7)  # our own writes reach the limit: counted again at once
+    assert gate.room(1.6) == 7 and len(listing.calls) == 2
+    fill(q, 5)
+    assert gate.room(1.6 + 1.0 / COUNT_SHARE) == 2 and len(listing.calls) == 3  # took < 1 s
+    fill(q, 5)  # 13 messages now: the count stops at the limit
+    assert gate.room(99.0) == 0 and q.count() == 13 and len(listing.calls) == 4
+
+
 def test_sigterm_finishes_the_message_in_hand_then_exits_0(tmp_path, daemons):
     qin, qout = Queue(tmp_path / "in"), Queue(tmp_path / "out")
     qin.put(b'{"i": 0, "slow": true}', name="0-slow")

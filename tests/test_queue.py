@@ -364,5 +364,6 @@ def test_counts_and_oldest_age(tmp_path):
     q.put(b"{}", name=names.new_name(int((now - 120) * 1e9)))
     q.put(b"{}")
     assert q.count() == 2
+    assert q.count(upto=1) == 1 and q.count(upto=5) == 2  # stops at `upto`, never beyond
     age = q.oldest_age(now=now)
     assert 119 < age < 121
