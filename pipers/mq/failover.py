@@ -169,7 +169,7 @@ class Failover:
     # -- once it is back --------------------------------------------------------------------------
 
     def _bring_back(self, ship: Ship, now: float) -> float | None:
-        if ship.hand or ship.queue_in.count() >= BACK_BATCH:
+        if ship.hand or ship.queue_in.count(upto=BACK_BATCH) >= BACK_BATCH:
             self.next_check = now + 0.2  # the shipper has work: bring more back soon
             return None
         if self.backoff.remaining(now) > 0:
