@@ -10,6 +10,7 @@ import time
 import orjson
 import pytest
 
+from pipers.base import COUNT_SHARE, Gate
 from queues import Queue
 from tests.helpers import cpu_seconds, files, wait_for
 
@@ -194,8 +195,6 @@ def test_backpressure_limit_holds_and_the_daemon_resumes(tmp_path, daemons):
 
 
 def test_the_gate_counts_a_slow_listing_less_often_and_recounts_at_the_limit(tmp_path):
-    from pipers.base import COUNT_SHARE, Gate
-
     class SlowListing:  # the real queue's count, taking 50 ms like a very long queue
         def __init__(self, queue: Queue):
             self.queue, self.calls = queue, []
